@@ -1,0 +1,297 @@
+"""compile() and optimize(): from a model and a device name to a verified bundle.
+
+Flow: load the model into the IR → run the pipeline for the target → ask the backend whether
+every node can run (legality) → emit and build into a staging folder → verify against ONNX
+Runtime on the original model when this machine can run the result → write the manifest and
+move the bundle into place in one rename. Any CompileError on the way leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from compiler import verify as verify_mod
+from compiler.artifact import Artifact, commit_bundle, staging_dir, write_manifest
+from compiler.errors import CompileError, ConstraintError, UnknownBackendError, VerificationError
+from compiler.ir import Graph
+from compiler.onnx_io import import_onnx, load_model_proto
+from compiler.pipeline import PassManager, get_pipeline
+from passes.base import Pass, PassContext, get_pass
+
+__all__ = ["compile", "optimize", "load_graph"]
+
+log = logging.getLogger("edgec")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
+
+
+class _Source:
+    """The user's model, read once: the IR, and what the reference runtime needs."""
+
+    def __init__(self, model: Any, example_inputs: Any = None) -> None:
+        self.path: str | None = None
+        if _is_torch_module(model):
+            from compiler.torch_io import torch_to_onnx
+
+            if example_inputs is None:
+                raise CompileError(
+                    "a torch.nn.Module needs example_inputs= (a tensor, tuple or dict) to export")
+            model = torch_to_onnx(model, example_inputs)
+        if isinstance(model, Graph):
+            self.graph = model
+            self.proto = None
+            self.base_dir = model.model.base_dir
+        else:
+            proto, base_dir = load_model_proto(model)
+            if isinstance(model, (str, os.PathLike)):
+                self.path = str(model)
+            self.proto, self.base_dir = proto, base_dir
+            self.graph = import_onnx(proto, base_dir=base_dir)
+        self.sha256 = self._hash()
+
+    def _hash(self) -> str:
+        h = hashlib.sha256()
+        if self.path is not None:
+            with open(self.path, "rb") as f:
+                while block := f.read(16 << 20):
+                    h.update(block)
+        elif self.proto is not None:
+            h.update(self.proto.SerializeToString())
+        return h.hexdigest()
+
+    def reference(self) -> str | onnx.ModelProto:
+        """What ONNX Runtime loads as the reference (a path keeps external data reachable)."""
+        if self.path is not None:
+            return self.path
+        if self.proto is not None:
+            return self.proto
+        from compiler.onnx_io import export_onnx
+
+        return export_onnx(self.graph)
+
+
+def _is_torch_module(model: Any) -> bool:
+    mod = sys.modules.get("torch")
+    return mod is not None and isinstance(model, mod.nn.Module)
+
+
+def load_graph(model: Any, example_inputs: Any = None) -> Graph:
+    """The IR for a path, bytes, ModelProto, Graph or torch.nn.Module."""
+    return _Source(model, example_inputs).graph
+
+
+def _passes(passes: Sequence[str | Pass] | None, pipeline: str | None) -> list[PassManager]:
+    if passes is not None:
+        return [PassManager([p if isinstance(p, Pass) else get_pass(p) for p in passes])]
+    return get_pipeline(pipeline or "simplify")
+
+
+def optimize(model: Any, pipeline: str | None = "simplify", *,
+             passes: Sequence[str | Pass] | None = None, target: str = "host",
+             backend: str | None = None, shapes: Mapping[str, Sequence[int]] | None = None
+             ) -> Graph:
+    """Run a named pipeline (or explicit passes) for `target` without building anything."""
+    from targets.base import get_backend
+    from targets.devices import get_profile
+
+    profile = get_profile(target)
+    graph = load_graph(model)
+    be = get_backend(backend or profile.backends[0])
+    ctx = PassContext(profile=profile, backend=be,
+                      shapes={k: tuple(v) for k, v in (shapes or {}).items()})
+    for pm in _passes(passes, pipeline):
+        pm.run(graph, ctx)
+    return graph
+
+
+def _choose_backend(profile, backend: str | None):
+    from targets.base import get_backend
+
+    if backend is None:
+        name, why = profile.backends[0], f"default backend of {profile.name}"
+    else:
+        name, why = backend, "chosen by the user"
+        if name not in profile.backends:
+            raise UnknownBackendError(
+                f"backend {name!r} does not serve target {profile.name!r}; "
+                f"it supports {', '.join(profile.backends)}")
+    return get_backend(name), why
+
+
+def compile(model: Any, target: str = "host", *, backend: str | None = None,
+            precision: str | None = None, calibration: Iterable[Mapping[str, Any]] | None = None,
+            constraints: Mapping[str, Any] | None = None,
+            passes: Sequence[str | Pass] | None = None, out_dir: str | os.PathLike | None = None,
+            verify: bool = True, example_inputs: Any = None,
+            shapes: Mapping[str, Sequence[int]] | None = None, pipeline: str | None = None,
+            options: Mapping[str, Any] | None = None) -> Artifact:
+    """Compile `model` for the device `target` into a verified, deployable Artifact.
+
+    `model`: a path, bytes, ModelProto, Graph or torch.nn.Module (with `example_inputs`).
+    `shapes`: static sizes for inputs with symbolic dims, e.g. {"pixel_values": (1,3,224,224)}.
+    `options`: backend options (threads, tuning trials, DLA core, ...).
+    """
+    from targets.base import BuildConfig
+    from targets.devices import get_profile
+
+    t0 = time.perf_counter()
+    profile = get_profile(target)
+    precision = precision or "fp32"
+    if precision not in PRECISIONS:
+        raise ConstraintError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in profile.precisions:
+        raise ConstraintError(
+            f"{profile.name} does not support {precision}; it supports "
+            f"{', '.join(profile.precisions)}")
+    be, why = _choose_backend(profile, backend)
+    shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
+    source = _Source(model, example_inputs)
+    graph = source.graph
+    _check_shapes(graph, shapes)
+    ctx = PassContext(profile=profile, backend=be, shapes=shapes, options=dict(options or {}))
+    records = []
+    for pm in _passes(passes, pipeline):
+        pm.run(graph, ctx)
+        records.extend(pm.summary())
+    config = BuildConfig(precision=precision, options=dict(options or {}), shapes=shapes,
+                         allow_fallback=bool((constraints or {}).get("allow_fallback", True)))
+    report = be.legality(graph, profile)
+    report.check(config.allow_fallback)
+
+    stage = staging_dir(out_dir)
+    try:
+        files = be.emit(graph, profile, config, str(stage))
+        files += be.build(str(stage), profile, config)
+        _write_readme(stage, profile, be, files)
+        manifest: dict[str, Any] = {
+            "source": {"sha256": source.sha256, "path": source.path,
+                       "inputs": _signature(graph.inputs), "outputs": _signature(graph.outputs)},
+            "target": profile.name,
+            "backend": be.name,
+            "backend_reason": why,
+            "config": {"backend": be.name, "precision": precision,
+                       "options": config.options, "shapes": {k: list(v) for k, v in
+                                                             shapes.items()},
+                       "passes": [r["pass"] for r in records]},
+            "constraints": dict(constraints or {}),
+            "legality": report.to_dict(),
+            "passes": records,
+            "predicted": {},
+            "measured": {},
+            "versions": _versions(be),
+        }
+        if verify and be.can_run(profile):
+            feeds = verify_mod.first_feeds(example_inputs) if not _is_torch_module(model) \
+                else None
+            feeds = feeds or verify_mod.first_feeds(calibration)
+            rep = _verify(source, be, stage, manifest, graph, feeds, shapes, precision)
+            manifest["verification"] = rep.to_dict()
+            if rep.passed is False:
+                raise VerificationError(
+                    f"the compiled model's outputs differ from the original on {profile.name}/"
+                    f"{be.name}: max abs error {rep.max_abs_error:.3g} (reference max "
+                    f"{rep.max_abs_reference:.3g}), cosine {rep.cosine:.6f}; tolerance "
+                    f"{rep.tolerance}")
+        elif verify:
+            manifest["verification"] = {"passed": None, "skipped":
+                                        f"{be.name} artifacts for {profile.name} cannot run on "
+                                        "this machine"}
+        manifest["compile_seconds"] = round(time.perf_counter() - t0, 3)
+        manifest = write_manifest(stage, manifest)
+        if out_dir is None:
+            return Artifact(stage, manifest, temporary=True)
+        final = commit_bundle(stage, out_dir)
+        return Artifact(final, manifest)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _check_shapes(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    names = {v.name: v for v in graph.inputs}
+    for k, dims in shapes.items():
+        v = names.get(k)
+        if v is None:
+            raise CompileError(
+                f"shape given for {k!r}, which is not a model input; inputs: "
+                f"{', '.join(names)}")
+        if v.shape is not None and len(v.shape) != len(dims):
+            raise CompileError(f"input {k!r} has rank {len(v.shape)}, shape {dims} has "
+                               f"rank {len(dims)}")
+        for i, (have, want) in enumerate(zip(v.shape or (), dims)):
+            if isinstance(have, int) and have != want:
+                raise CompileError(f"input {k!r} dim {i} is fixed at {have}, not {want}")
+
+
+def _verify(source: _Source, be, stage: Path, manifest: dict, graph: Graph,
+            feeds: dict[str, np.ndarray] | None, shapes, precision: str):
+    ref_model = source.reference()
+    if feeds is not None:
+        origin = "example inputs / calibration sample"
+    else:
+        def accept(f: dict[str, np.ndarray]) -> bool:
+            try:
+                verify_mod.reference_outputs(ref_model, f)
+                return True
+            except Exception:
+                return False
+
+        feeds, origin = verify_mod.make_inputs(graph, shapes=shapes, accept=accept)
+        if feeds is None:
+            log.warning("verification skipped: %s", origin)
+            return verify_mod.VerifyReport(passed=None, skipped=origin)
+    ref = verify_mod.reference_outputs(ref_model, feeds)
+    got = be.load(str(stage), manifest).run(feeds)
+    rep = verify_mod.compare(ref, got, verify_mod.TOLERANCES[precision])
+    rep.inputs_from = origin
+    rep.input_shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
+    return rep
+
+
+def _signature(values) -> list[dict[str, Any]]:
+    return [{"name": v.name, "dtype": onnx.TensorProto.DataType.Name(v.dtype) if v.dtype
+             else None, "shape": list(v.shape) if v.shape is not None else None}
+            for v in values if v.const is None]
+
+
+def _versions(be) -> dict[str, str]:
+    import onnxruntime
+
+    from compiler import __version__
+
+    out = {"edgec": __version__, "python": platform.python_version(), "onnx": onnx.__version__,
+           "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    try:
+        out.update(be.versions())
+    except CompileError:
+        pass
+    return out
+
+
+def _write_readme(stage: Path, profile, be, files: list[str]) -> None:
+    if (stage / "README.md").exists():  # the backend wrote device instructions itself
+        return
+    lines = [f"# edgec bundle: {profile.name} / {be.name}", "",
+             "Files:", *[f"- `{f}`" for f in files], "",
+             "`manifest.json` records the configuration, predictions, verification and the "
+             "sha256 of every file (`edgec verify .` checks them)."]
+    if "run.py" in files:
+        lines += ["", "Run on the device: `python run.py [inputs.npz]`."]
+    if "build_engine.py" in files:
+        lines += ["", "On the Jetson: `python build_engine.py` (or `sh trtexec.sh`) builds "
+                  "`model.engine`; `python build_engine.py --run` runs it."]
+    if "run_tvm.py" in files:
+        lines += ["", "On the device: `python run_tvm.py` loads `model.so` with TVM's runtime."]
+    (stage / "README.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,53 @@
+"""What a model holds: op histogram, parameters, FLOPs, opsets, inputs and outputs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import onnx
+
+from compiler.cost.flops import graph_flops
+from compiler.ir import Graph
+
+__all__ = ["summarize", "format_summary"]
+
+
+def _sig(values) -> list[dict[str, Any]]:
+    return [{"name": v.name,
+             "dtype": onnx.TensorProto.DataType.Name(v.dtype) if v.dtype else None,
+             "shape": list(v.shape) if v.shape is not None else None} for v in values]
+
+
+def summarize(graph: Graph, bindings: dict[str, int] | None = None) -> dict[str, Any]:
+    ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type
+                  for n in graph.all_nodes())
+    params = sum(v.const.size for v in graph.initializers.values() if v.const is not None)
+    weight_bytes = sum(v.const.nbytes for v in graph.initializers.values()
+                       if v.const is not None)
+    return {
+        "name": graph.name,
+        "nodes": sum(ops.values()),
+        "ops": dict(ops.most_common()),
+        "parameters": params,
+        "weight_bytes": weight_bytes,
+        "flops": graph_flops(graph, bindings),
+        "flops_assumes": "symbolic dims = 1 unless bound" if not bindings else bindings,
+        "opsets": dict(graph.opset_imports),
+        "inputs": _sig([v for v in graph.inputs if v.const is None]),
+        "outputs": _sig(graph.outputs),
+        "metadata": dict(graph.model.metadata_props),
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    def sig(items):
+        return "\n".join(f"  {i['name']}: {i['dtype']} {i['shape']}" for i in items)
+
+    lines = [f"model {s['name']!r}: {s['nodes']} nodes, {s['parameters']:,} parameters "
+             f"({s['weight_bytes'] / 2**20:.1f} MiB), {s['flops'] / 1e9:.3f} GFLOPs "
+             f"({s['flops_assumes']})",
+             "opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in s["opsets"].items()),
+             "inputs:", sig(s["inputs"]), "outputs:", sig(s["outputs"]), "ops:"]
+    lines += [f"  {op:<28} {n}" for op, n in s["ops"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""Constant folding: evaluate nodes whose inputs are all constants, once, at compile time.
+
+A value is constant when it is an initializer that is not also a graph input (those can be
+overridden at run time), or the output of a `Constant` node, or the `Shape`/`Size` of a value
+whose shape is static. A node with only constant inputs is evaluated with ONNX's reference
+implementation and its outputs become initializers. Folding is refused when it would grow the
+model (an output larger than `max_elements` and larger than all inputs together, as with
+Expand/Tile of a scalar), for nondeterministic ops, for nodes with subgraphs, and for
+QuantizeLinear/DequantizeLinear, whose presence in the graph *is* the precision assignment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from compiler.ir import Graph, Node, Tensor, Value
+from compiler.onnx_io import node_to_proto
+from passes.base import Pass, PassConfig, PassContext, PassResult, register_pass
+
+__all__ = ["ConstantFolding", "fold_node"]
+
+_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+          "Multinomial", "Bernoulli", "QuantizeLinear", "DequantizeLinear",
+          "DynamicQuantizeLinear", "If", "Loop", "Scan", "SequenceConstruct"}
+
+
+@dataclass(frozen=True)
+class FoldConfig(PassConfig):
+    max_elements: int = 1 << 20
+
+
+def _is_const(v: Value) -> bool:
+    if v.const is None:
+        return False
+    g = v.graph
+    return g is None or not any(i is v for i in g.inputs)
+
+
+def _constant_attr(node: Node) -> np.ndarray | None:
+    """The value of a Constant node, whatever attribute holds it."""
+    for key, attr in node.attrs.items():
+        val = attr.value
+        if key == "value":
+            return np.asarray(val.numpy())
+        if key in ("value_float", "value_int"):
+            return np.asarray(val, dtype=np.float32 if key == "value_float" else np.int64)
+        if key in ("value_floats", "value_ints"):
+            return np.asarray(val, dtype=np.float32 if key == "value_floats" else np.int64)
+    return None
+
+
+def fold_node(node: Node) -> list[np.ndarray] | None:
+    """Evaluate `node` on its constant inputs with ONNX's reference implementation."""
+    from onnx.reference import ReferenceEvaluator
+
+    if node.op_type == "Constant" and not node.domain:
+        c = _constant_attr(node)
+        return None if c is None else [c]
+    inputs, feeds, init = [], {}, []
+    for i, v in enumerate(node.inputs):
+        if v is None:
+            inputs.append("")
+            continue
+        name = f"in{i}"
+        inputs.append(name)
+        init.append(onnx.numpy_helper.from_array(np.asarray(v.const.numpy()), name))
+    outs = [f"out{i}" for i in range(len(node.outputs))]
+    np_ = node_to_proto(node)
+    del np_.input[:], np_.output[:]
+    np_.input.extend(inputs)
+    np_.output.extend(outs)
+    gp = onnx.helper.make_graph([np_], "fold", [], [onnx.ValueInfoProto(name=o) for o in outs],
+                                init)
+    opset = node.graph.root.opset_imports if node.graph is not None else {"": 17}
+    model = onnx.helper.make_model(
+        gp, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opset.items()])
+    try:
+        res = ReferenceEvaluator(model).run(None, feeds)
+    except Exception:
+        return None
+    return [np.asarray(r) for r in res]
+
+
+@register_pass
+class ConstantFolding(Pass):
+    """Replace constant subexpressions by initializers (see module docstring)."""
+
+    name = "constant_folding"
+    Config = FoldConfig
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        folded = self._run(graph)
+        return PassResult(folded > 0, {"nodes_folded": folded})
+
+    def _run(self, graph: Graph) -> int:
+        folded = 0
+        for node in graph.nodes:
+            for sg in node.subgraphs():
+                folded += self._run(sg)
+            results = self._evaluate(node)
+            if results is None:
+                continue
+            if self._replace(graph, node, results):
+                folded += 1
+        return folded
+
+    def _evaluate(self, node: Node) -> list[np.ndarray] | None:
+        if node.op_type in _NEVER or node.domain not in ("", "ai.onnx") or any(
+                True for _ in node.subgraphs()):
+            return None
+        if node.op_type in ("Shape", "Size") and node.inputs[0] is not None:
+            shape = node.inputs[0].static_shape()
+            if shape is None:
+                return None
+            if node.op_type == "Size":
+                return [np.asarray(int(np.prod(shape)), dtype=np.int64)]
+            start, end = node.attr("start", 0), node.attr("end", None)
+            return [np.asarray(shape[start:end], dtype=np.int64)]
+        if node.op_type != "Constant" and (not node.inputs or not all(
+                v is None or _is_const(v) for v in node.inputs)):
+            return None
+        in_size = sum(v.const.size for v in node.inputs if v is not None)
+        results = fold_node(node)
+        if results is None:
+            return None
+        limit = max(self.config.max_elements, in_size)
+        if node.op_type != "Constant" and any(r.size > limit for r in results):
+            return None
+        return results
+
+    def _replace(self, graph: Graph, node: Node, results: list[np.ndarray]) -> bool:
+        done = True
+        for out, arr in zip(node.outputs, results):
+            if not out.name or not (out.uses or out.is_graph_output()):
+                continue
+            if out.dtype is not None:
+                arr = arr.astype(onnx.helper.tensor_dtype_to_np_dtype(out.dtype), copy=False)
+            if out.is_graph_output():
+                done = False  # keep graph outputs produced by nodes (interface unchanged)
+                continue
+            const = graph.make_constant(arr, out.name)
+            const.const = Tensor.from_numpy(arr, const.name)
+            out.replace_all_uses_with(const, outputs=False)
+        if done and not any(o.uses or o.is_graph_output() for o in node.outputs):
+            graph.remove(node)
+            return True
+        return False

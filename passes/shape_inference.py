@@ -1,0 +1,122 @@
+"""Shape inference: ONNX's inference, then symbolic inference where it gives up.
+
+The pass exports a weightless skeleton of the graph (weights become typed inputs, so nothing is
+read from disk), runs `onnx.shape_inference.infer_shapes` with data propagation, and copies the
+element type and shape of every value back into the IR. Where ONNX leaves a rank or a dim
+unknown, ONNX Runtime's symbolic shape inference is tried (it derives expressions such as
+`past_sequence_length + sequence_length`); its result only fills gaps, never overrides a known
+dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from compiler.ir import Graph, Value
+from compiler.onnx_io import export_onnx
+from passes.base import Pass, PassConfig, PassContext, PassResult, register_pass
+
+__all__ = ["ShapeInference", "infer_shapes"]
+
+
+@dataclass(frozen=True)
+class ShapeInferenceConfig(PassConfig):
+    symbolic: bool = True  # fill gaps with ONNX Runtime's symbolic shape inference
+
+
+def _types_from(gp: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    out: dict[str, onnx.TypeProto] = {}
+    for vi in list(gp.value_info) + list(gp.output) + list(gp.input):
+        out[vi.name] = vi.type
+    return out
+
+
+def _merge(value: Value, tp: onnx.TypeProto) -> bool:
+    """Fill what `value` does not know from `tp`; True if something changed."""
+    if not tp.HasField("tensor_type"):
+        if value.type_proto is None and value.dtype is None and tp.WhichOneof("value"):
+            value.type_proto = onnx.TypeProto()
+            value.type_proto.CopyFrom(tp)
+            return True
+        return False
+    tt = tp.tensor_type
+    changed = False
+    if value.dtype is None and tt.elem_type:
+        value.dtype = tt.elem_type
+        changed = True
+    if not tt.HasField("shape"):
+        return changed
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tt.shape.dim]
+    if value.shape is None:
+        value.shape = tuple(dims)
+        return True
+    if len(value.shape) != len(dims):
+        return changed
+    merged = tuple(old if old is not None and not (isinstance(old, str) and isinstance(new, int))
+                   else new for old, new in zip(value.shape, dims))
+    if merged != value.shape:
+        value.shape = merged
+        changed = True
+    return changed
+
+
+def _unknowns(graph: Graph) -> bool:
+    for n in graph:
+        for o in n.outputs:
+            if o.name and o.type_proto is None and (
+                    o.shape is None or any(d is None for d in o.shape)):
+                return True
+    return False
+
+
+def _apply(graph: Graph, gp: onnx.GraphProto) -> bool:
+    types = _types_from(gp)
+    changed = False
+    node_protos = list(gp.node)
+    for n, np_ in zip(graph, node_protos):
+        for o in n.outputs:
+            tp = types.get(o.name)
+            if tp is not None:
+                changed |= _merge(o, tp)
+        sub = {a.name: a for a in np_.attribute}
+        for name, attr in n.attrs.items():
+            if isinstance(attr.value, Graph) and name in sub:
+                changed |= _apply(attr.value, sub[name].g)
+    return changed
+
+
+def infer_shapes(graph: Graph, symbolic: bool = True) -> bool:
+    """Annotate every value of `graph` with its element type and shape."""
+    skeleton = export_onnx(graph, skeleton=True)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+    except Exception:  # ONNX gives up on some valid models; keep what we know
+        inferred = skeleton
+    changed = _apply(graph, inferred.graph)
+    if symbolic and _unknowns(graph):
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            sym = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True)
+            if sym is not None:
+                changed |= _apply(graph, sym.graph)
+        except Exception:  # symbolic inference is best effort
+            pass
+    return changed
+
+
+@register_pass
+class ShapeInference(Pass):
+    """Annotate values with dtypes and (symbolic) shapes."""
+
+    name = "shape_inference"
+    Config = ShapeInferenceConfig
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        changed = infer_shapes(graph, self.config.symbolic)
+        unknown = sum(1 for n in graph for o in n.outputs
+                      if o.name and o.type_proto is None and o.shape is None)
+        return PassResult(changed, {"values_without_shape": unknown})

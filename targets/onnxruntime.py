@@ -1,0 +1,166 @@
+"""ONNX Runtime backend: the reference runtime and the host default.
+
+Emits `model.onnx` plus `ort_config.json` (graph optimization level, threads, execution
+providers). On the host the CPU execution provider runs the bundle here. For Jetson targets the
+same files carry the TensorRT and CUDA execution-provider settings a user needs on the device
+(engine cache, FP16 only when the graph already holds FP16, since TensorRT 10+/11 reads
+precision from the graph), with CPU as the last fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from compiler.onnx_io import export_onnx
+from targets.base import Backend, BuildConfig, LegalityReport, Runner, node_key, register_backend
+
+__all__ = ["OnnxRuntimeBackend", "OrtRunner", "session_options"]
+
+# ONNX Runtime contrib ops edgec's fusion passes may emit (com.microsoft domain).
+_CONTRIB = frozenset({
+    "Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "FastGelu", "BiasGelu",
+    "Gelu", "QuickGelu", "FusedConv", "FusedMatMul", "RotaryEmbedding", "BiasAdd",
+    "MatMulNBits", "QOrderedMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+    "QLinearAdd", "QLinearSigmoid", "QLinearConcat", "QLinearGlobalAveragePool",
+})
+_LEVELS = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
+
+
+def session_options(config: dict[str, Any]):
+    """onnxruntime.SessionOptions from an ort_config.json dict."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    level = config.get("graph_optimization_level", "all")
+    so.graph_optimization_level = {
+        0: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        2: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        99: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[_LEVELS.get(level, level) if isinstance(level, str) else level]
+    if config.get("intra_op_num_threads"):
+        so.intra_op_num_threads = int(config["intra_op_num_threads"])
+    so.log_severity_level = 3
+    return so
+
+
+class OrtRunner(Runner):
+    """Runs an ONNX file with ONNX Runtime's CPU provider."""
+
+    def __init__(self, model_path: str, config: dict[str, Any] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(
+            model_path, sess_options=session_options(config or {}),
+            providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(None, {k: feeds[k] for k in self.input_names})
+        return dict(zip(self.output_names, outs))
+
+
+def _providers(profile, config: BuildConfig, bundle: str) -> list[Any]:
+    """Execution providers for the device, in priority order."""
+    gpu = any(u.kind == "gpu" for u in getattr(profile, "compute_units", ()))
+    if getattr(profile, "is_host", False) or not gpu:
+        return ["CPUExecutionProvider"]
+    trt = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": "trt_cache",
+        "trt_timing_cache_enable": True,
+        "trt_max_workspace_size": int(config.option("workspace_bytes", 2 << 30)),
+        "trt_fp16_enable": config.precision == "fp16",
+    }
+    if config.option("dla_core") is not None:
+        trt.update({"trt_dla_enable": True, "trt_dla_core": int(config.option("dla_core"))})
+    cuda = {"device_id": 0, "arena_extend_strategy": "kSameAsRequested"}
+    return [["TensorrtExecutionProvider", trt], ["CUDAExecutionProvider", cuda],
+            "CPUExecutionProvider"]
+
+
+_RUN_PY = '''"""Run this edgec bundle with ONNX Runtime: python run.py [input.npz]."""
+import json, sys, time
+import numpy as np
+import onnxruntime as ort
+
+cfg = json.load(open("ort_config.json"))
+so = ort.SessionOptions()
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+if cfg.get("intra_op_num_threads"):
+    so.intra_op_num_threads = cfg["intra_op_num_threads"]
+avail = set(ort.get_available_providers())
+providers = [p if isinstance(p, str) else tuple(p) for p in cfg["execution_providers"]]
+providers = [p for p in providers if (p if isinstance(p, str) else p[0]) in avail]
+sess = ort.InferenceSession("model.onnx", so, providers=providers)
+feeds = dict(np.load(sys.argv[1])) if len(sys.argv) > 1 else {
+    i.name: np.random.rand(*[d if isinstance(d, int) else 1 for d in i.shape]).astype(
+        np.float32 if "float" in i.type else np.int64) for i in sess.get_inputs()}
+t = time.perf_counter()
+outs = sess.run(None, feeds)
+print("providers", sess.get_providers(), f"latency {1e3 * (time.perf_counter() - t):.2f} ms")
+for o, v in zip(sess.get_outputs(), outs):
+    print(o.name, v.shape, v.dtype)
+'''
+
+
+@register_backend
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime: CPU here, TensorRT/CUDA execution providers on Jetson."""
+
+    name = "onnxruntime"
+    extra = ""
+    accepted_fused_ops = frozenset(
+        {("com.microsoft", op) for op in _CONTRIB}
+        | {("", "LayerNormalization"), ("", "Attention"), ("", "RMSNormalization"),
+           ("", "Gelu")})
+
+    def legality(self, graph, profile) -> LegalityReport:
+        report = LegalityReport(self.name, profile.name)
+        for i, node in enumerate(graph):
+            key = node_key(node, i)
+            if node.domain == "com.microsoft" and node.op_type not in _CONTRIB:
+                report.unsupported[key] = (
+                    f"com.microsoft op {node.op_type} is not one edgec knows ONNX Runtime runs")
+            else:
+                report.accelerated.append(key)
+        if not getattr(profile, "is_host", False):
+            report.notes.append(
+                "on the device, nodes the TensorRT execution provider cannot take run on the "
+                "CUDA provider, then the CPU; ONNX Runtime decides that when the session starts")
+        return report
+
+    def emit(self, graph, profile, config: BuildConfig, out_dir: str) -> list[str]:
+        export_onnx(graph, os.path.join(out_dir, "model.onnx"))
+        ort_config = {
+            "graph_optimization_level": config.option("graph_optimization_level", "all"),
+            "intra_op_num_threads": config.option("threads", 0),
+            "execution_providers": _providers(profile, config, out_dir),
+        }
+        with open(os.path.join(out_dir, "ort_config.json"), "w") as f:
+            json.dump(ort_config, f, indent=2)
+        with open(os.path.join(out_dir, "run.py"), "w") as f:
+            f.write(_RUN_PY)
+        files = ["model.onnx", "ort_config.json", "run.py"]
+        if os.path.exists(os.path.join(out_dir, "model.onnx.data")):
+            files.append("model.onnx.data")
+        return files
+
+    def can_run(self, profile) -> bool:
+        return bool(getattr(profile, "is_host", False))
+
+    def load(self, bundle_dir: str, manifest: dict[str, Any]) -> Runner:
+        with open(os.path.join(bundle_dir, "ort_config.json")) as f:
+            cfg = json.load(f)
+        return OrtRunner(os.path.join(bundle_dir, "model.onnx"), cfg)
+
+    def versions(self) -> dict[str, str]:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}
