@@ -317,7 +317,8 @@ class _Writer:
             self._fh.close()
 
     def tensor(self, t: Tensor) -> onnx.TensorProto:
-        if self.data_file is None or t.nbytes < self.threshold or t.dtype == onnx.TensorProto.STRING:
+        if (self.data_file is None or t.nbytes < self.threshold
+                or t.dtype == onnx.TensorProto.STRING):
             return t.to_proto(inline=True)
         if self._fh is None:
             self._fh = open(self.data_file, "wb")  # noqa: SIM115

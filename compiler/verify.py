@@ -221,7 +221,7 @@ def make_inputs(graph: Graph, *, shapes: Mapping[str, tuple[int, ...]] | None = 
         feeds = {v.name: _data(v, _shape_for(v, binding, shapes), rng)
                  for v in real_inputs(graph)}
         if accept is None or accept(feeds):
-            desc = "generated (seed %d)" % seed
+            desc = f"generated (seed {seed})"
             if binding:
                 desc += ", dims " + ", ".join(f"{k}={n}" for k, n in binding.items())
             return feeds, desc
