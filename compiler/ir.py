@@ -153,7 +153,7 @@ class Tensor:
     def to_proto(self, inline: bool = True) -> onnx.TensorProto:
         """The TensorProto; the original bytes are reused when the tensor was not changed."""
         if self._array is not None and self._proto is None:
-            proto = numpy_helper.from_array(np.ascontiguousarray(self._array), self.name)
+            proto = numpy_helper.from_array(np.require(self._array, requirements="C"), self.name)
             if proto.data_type != self.dtype:
                 proto.data_type = self.dtype
         elif self._proto is not None:
@@ -550,11 +550,18 @@ class Graph:
 
     # -- ordering ------------------------------------------------------------------------------
     def topological_sort(self) -> None:
-        """Reorder nodes so every producer precedes its users; raises on a cycle."""
+        """Reorder nodes so every producer precedes its users; raises on a cycle.
+
+        Stable: an already sorted graph keeps its order, and otherwise nodes keep their
+        relative order wherever dependencies allow (Kahn's algorithm on a min-heap).
+        """
+        import heapq
+
         nodes = list(self)
         index = {id(n): i for i, n in enumerate(nodes)}
         indeg = [0] * len(nodes)
         succ: list[list[int]] = [[] for _ in nodes]
+        in_order = True
         for i, n in enumerate(nodes):
             deps = set()
             for v in _free_inputs(n):
@@ -563,17 +570,20 @@ class Graph:
                     deps.add(index[id(p)])
             for d in deps:
                 succ[d].append(i)
+                in_order = in_order and d < i
             indeg[i] = len(deps)
+        if in_order:
+            return
         ready = [i for i in range(len(nodes)) if indeg[i] == 0]
-        ready.reverse()
+        heapq.heapify(ready)
         order: list[int] = []
         while ready:
-            i = ready.pop()
+            i = heapq.heappop(ready)
             order.append(i)
-            for j in reversed(succ[i]):
+            for j in succ[i]:
                 indeg[j] -= 1
                 if indeg[j] == 0:
-                    ready.append(j)
+                    heapq.heappush(ready, j)
         if len(order) != len(nodes):
             stuck = [nodes[i] for i in range(len(nodes)) if indeg[i] > 0]
             names = ", ".join(n.name or n.op_type for n in stuck[:5])

@@ -123,3 +123,26 @@ def test_external_weights_are_lazy_and_memory_mapped(tmp_path):
     arr = t.numpy()
     assert isinstance(arr, np.memmap)
     np.testing.assert_array_equal(arr, w)
+
+
+def test_scalar_tensor_keeps_rank_zero_on_export():
+    """Regression: np.ascontiguousarray turns 0-d arrays into shape (1,)."""
+    from compiler.ir import Tensor
+
+    t = Tensor.from_numpy(np.asarray(3, dtype=np.int64), "s")
+    proto = t.to_proto()
+    assert list(proto.dims) == [] and onnx.numpy_helper.to_array(proto).shape == ()
+
+
+def test_topological_sort_is_stable():
+    g = Graph("g")
+    x = g.add_input(Value("x", T.FLOAT, (1,)))
+    names = ["c", "a", "d", "b"]
+    nodes = [Node("Relu", [x], [Value(n + "_o")], name=n) for n in names]
+    g.extend(nodes)
+    g.topological_sort()
+    assert [n.name for n in g] == names  # independent nodes keep their order
+    late = Node("Neg", [nodes[3].outputs[0]], [Value("late_o")], name="late")
+    g.insert_before(nodes[0], late)  # uses b, placed first: must move after b only
+    g.topological_sort()
+    assert [n.name for n in g] == ["c", "a", "d", "b", "late"]

@@ -1,0 +1,72 @@
+"""The edgec command: compile, inspect, verify, targets; --json; exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto as T
+from onnx import helper as h
+
+from compiler.cli import main
+
+
+def _model(path) -> str:
+    w = onnx.numpy_helper.from_array(np.ones((8, 4), np.float32), "W")
+    g = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+                      h.make_node("Relu", ["y"], ["z"], name="relu")], "cli",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["batch", 8])],
+                     [h.make_tensor_value_info("z", T.FLOAT, ["batch", 4])], [w])
+    onnx.save_model(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+    return str(path)
+
+
+def test_compile_json_then_verify(tmp_path, capsys):
+    model = _model(tmp_path / "m.onnx")
+    out = tmp_path / "bundle"
+    assert main(["compile", model, "--target", "host", "--out", str(out), "--json",
+                 "--shape", "x=2x8"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "onnxruntime" and doc["verification"]["passed"] is True
+    assert doc["verification"]["input_shapes"]["x"] == [2, 8]
+    assert main(["verify", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files_ok"] is True
+    (out / "model.onnx").write_bytes(b"broken")
+    assert main(["verify", str(out)]) == 2
+    assert "sha256" in capsys.readouterr().err
+
+
+def test_inspect(tmp_path, capsys):
+    model = _model(tmp_path / "m.onnx")
+    assert main(["inspect", model, "--json", "--shape", "x=4x8"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ops"] == {"MatMul": 1, "Relu": 1}
+    assert doc["parameters"] == 32 and doc["opsets"] == {"": 17}
+    assert doc["flops"] == 2 * 4 * 8 * 4 + 4 * 4  # MatMul MACs x2 + Relu
+    assert doc["inputs"][0]["shape"] == ["batch", 8]
+    assert main(["inspect", model]) == 0
+    assert "MatMul" in capsys.readouterr().out
+
+
+def test_targets(capsys):
+    assert main(["targets", "--json"]) == 0
+    names = [p["name"] for p in json.loads(capsys.readouterr().out)]
+    assert "jetson-orin-agx" in names and "raspberry-pi-5" in names and "host" in names
+    assert main(["targets"]) == 0
+    assert "ethos-u55-128" in capsys.readouterr().out
+
+
+def test_usage_error_exit_2(capsys):
+    assert main(["compile"]) == 2
+    assert main(["frobnicate"]) == 2
+
+
+def test_console_script_entry_point(tmp_path):
+    """The installed `edgec` script: progress on stderr, exit 2 for user errors."""
+    r = subprocess.run([sys.executable, "-m", "compiler.cli", "compile", str(tmp_path / "x"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
