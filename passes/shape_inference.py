@@ -88,6 +88,26 @@ def _apply(graph: Graph, gp: onnx.GraphProto) -> bool:
     return changed
 
 
+def _symbolic_inference():
+    """ONNX Runtime's SymbolicShapeInference, loaded from its file: the package
+    `onnxruntime.tools` imports torch in its __init__, which costs over a second."""
+    import importlib.util
+    import os
+    import sys
+
+    name = "_edgec_ort_symbolic_shape_infer"
+    if name not in sys.modules:
+        import onnxruntime
+
+        path = os.path.join(os.path.dirname(onnxruntime.__file__), "tools",
+                            "symbolic_shape_infer.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name].SymbolicShapeInference
+
+
 def infer_shapes(graph: Graph, symbolic: bool = True) -> bool:
     """Annotate every value of `graph` with its element type and shape."""
     skeleton = export_onnx(graph, skeleton=True)
@@ -98,9 +118,7 @@ def infer_shapes(graph: Graph, symbolic: bool = True) -> bool:
     changed = _apply(graph, inferred.graph)
     if symbolic and _unknowns(graph):
         try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-            sym = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True)
+            sym = _symbolic_inference().infer_shapes(inferred, auto_merge=True)
             if sym is not None:
                 changed |= _apply(graph, sym.graph)
         except Exception:  # symbolic inference is best effort
