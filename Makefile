@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch comes from the local wheel; pin it so pip never pulls a CUDA build.
 TORCH   := torch==2.13.0
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast bench lint clean sysdeps
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -18,7 +18,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m compiler.demo
 
-test: $(STAMP)
+# The aarch64 cross compiler lets the TVM tests link real Raspberry Pi / Jetson libraries.
+# Installed from Debian when missing and we may (root); otherwise those tests skip, saying why.
+sysdeps:
+	@command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      g++-aarch64-linux-gnu binutils-aarch64-linux-gnu >/dev/null) || \
+	    echo "note: could not install g++-aarch64-linux-gnu; aarch64 TVM tests will skip"; \
+	  else echo "note: g++-aarch64-linux-gnu missing; aarch64 TVM tests will skip"; fi; }
+
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
