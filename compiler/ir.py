@@ -403,7 +403,16 @@ class Graph:
                 yield from sg.all_nodes()
 
     def unique_name(self, hint: str) -> str:
-        return f"{hint}__{next(self.root._names)}"
+        """A value name not used anywhere in the model (including subgraphs)."""
+        root = self.root
+        used = root.__dict__.get("_used_names")
+        if used is None:
+            used = root._used_names = {v.name for g in _graphs(root) for v in g.values()}
+        while True:
+            name = f"{hint}__{next(root._names)}"
+            if name not in used:
+                used.add(name)
+                return name
 
     # -- values --------------------------------------------------------------------------------
     def add_input(self, value: Value) -> Value:
@@ -414,6 +423,9 @@ class Graph:
     def add_initializer(self, value: Value) -> Value:
         if value.const is None:
             raise ValueError("an initializer needs a const tensor")
+        other = self.initializers.get(value.name)
+        if other is not None and other is not value:
+            raise ValueError(f"graph {self.name!r} already has an initializer {value.name!r}")
         value.graph = self
         value.const.name = value.name
         self.initializers[value.name] = value
@@ -617,6 +629,14 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self)} nodes)"
+
+
+def _graphs(graph: Graph) -> Iterator[Graph]:
+    """`graph` and every graph nested in it."""
+    yield graph
+    for n in graph:
+        for sg in n.subgraphs():
+            yield from _graphs(sg)
 
 
 def _free_inputs(node: Node) -> Iterator[Value]:

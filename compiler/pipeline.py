@@ -55,7 +55,11 @@ class PassManager:
                 try:
                     result = p.run(graph, ctx)
                 except CompileError as e:
-                    raise type(e)(f"pass {p.name!r} failed: {e}") from e
+                    # keep the subclass and its fields, whatever its __init__ takes
+                    named = type(e).__new__(type(e))
+                    named.__dict__.update(e.__dict__)
+                    named.args = (f"pass {p.name!r} failed: {e}",)
+                    raise named from e
                 except Exception as e:  # an internal bug: name the pass, keep the traceback
                     raise PassError(
                         f"pass {p.name!r} failed on graph {graph.name!r}: "

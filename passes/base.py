@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compiler.errors import CompileError
@@ -68,15 +68,14 @@ class Pass(ABC):
     targets: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, config: PassConfig | None = None, **overrides: Any) -> None:
-        if config is None:
-            known = {f.name for f in fields(self.Config)}
-            unknown = set(overrides) - known
-            if unknown:
-                raise CompileError(
-                    f"pass {self.name!r} has no option(s) {sorted(unknown)}; "
-                    f"it takes {sorted(known) or 'none'}")
-            config = self.Config(**overrides)
-        self.config = config
+        known = {f.name for f in fields(self.Config)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise CompileError(
+                f"pass {self.name!r} has no option(s) {sorted(unknown)}; "
+                f"it takes {sorted(known) or 'none'}")
+        self.config = replace(config, **overrides) if config is not None \
+            else self.Config(**overrides)
 
     def applies_to(self, ctx: PassContext) -> bool:
         return self.targets is None or ctx.target in self.targets

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from compiler.ir import Graph, Node, Tensor, Value
+from compiler.ir import Graph, Node, Value
 from compiler.onnx_io import node_to_proto
 from passes.base import Pass, PassConfig, PassContext, PassResult, register_pass
 
@@ -123,28 +123,33 @@ class ConstantFolding(Pass):
                 v is None or _is_const(v) for v in node.inputs)):
             return None
         in_size = sum(v.const.size for v in node.inputs if v is not None)
+        limit = max(self.config.max_elements, in_size)
+        for o in node.outputs:  # refuse before computing a huge result
+            shape = o.static_shape()
+            if shape is not None and node.op_type != "Constant" and int(np.prod(shape)) > limit:
+                return None
         results = fold_node(node)
         if results is None:
             return None
-        limit = max(self.config.max_elements, in_size)
         if node.op_type != "Constant" and any(r.size > limit for r in results):
             return None
         return results
 
     def _replace(self, graph: Graph, node: Node, results: list[np.ndarray]) -> bool:
-        done = True
+        """Point readers of `node`'s outputs at new initializers; True if anything changed.
+
+        Graph outputs keep being produced by the node, so the model's interface is unchanged.
+        """
+        changed = False
         for out, arr in zip(node.outputs, results):
-            if not out.name or not (out.uses or out.is_graph_output()):
+            if not out.name or not out.uses or out.is_graph_output():
                 continue
             if out.dtype is not None:
                 arr = arr.astype(onnx.helper.tensor_dtype_to_np_dtype(out.dtype), copy=False)
-            if out.is_graph_output():
-                done = False  # keep graph outputs produced by nodes (interface unchanged)
-                continue
             const = graph.make_constant(arr, out.name)
-            const.const = Tensor.from_numpy(arr, const.name)
             out.replace_all_uses_with(const, outputs=False)
-        if done and not any(o.uses or o.is_graph_output() for o in node.outputs):
+            changed = True
+        if not any(o.uses or o.is_graph_output() for o in node.outputs):
             graph.remove(node)
             return True
-        return False
+        return changed

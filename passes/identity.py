@@ -72,7 +72,12 @@ def is_noop(node: Node, arithmetic: bool = True) -> bool:
         if pads is None and node.attr("pads") is not None:
             pads = np.asarray(node.attr("pads"))
         return pads is not None and not pads.any() and _same_shape(x, y)
-    if op == "Slice":
+    if op == "Slice":  # same shape and unit steps: it takes everything
+        steps = node.inputs[4] if len(node.inputs) > 4 else None
+        if steps is not None:
+            s = _const(steps)
+            if s is None or not np.all(s == 1):
+                return False
         return _same_shape(x, y)
     if arithmetic and op in ("Add", "Sub", "Mul", "Div") and len(node.inputs) == 2:
         c = _const(node.inputs[1])
@@ -80,8 +85,8 @@ def is_noop(node: Node, arithmetic: bool = True) -> bool:
             return False
         if op == "Mul" or op == "Div":
             return bool(np.all(c == 1))
-        if op == "Sub":
-            return bool(np.all(c == 0))
+        if op == "Sub":  # x - (+0) == x for every x; x - (-0) turns -0 into +0
+            return bool(np.all((c == 0) & ~np.signbit(c)))
         return bool(np.all((c == 0) & np.signbit(c)))  # only -0.0 keeps x + c == x for x = -0
     return False
 

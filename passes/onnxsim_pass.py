@@ -44,6 +44,14 @@ class OnnxSimplifier(Pass):
                                           skip_fuse_bn=self.config.skip_fuse_bn)
         if not ok:
             return PassResult(False, {"skipped": "onnxsim could not validate its result"})
+        if _signature(simplified.graph) == _signature(model.graph):
+            return PassResult(False, {"nodes_before": before, "nodes_after": before})
         new = import_onnx(simplified, base_dir=graph.model.base_dir)
         graph.swap_contents(new)
         return PassResult(True, {"nodes_before": before, "nodes_after": len(graph)})
+
+
+def _signature(gp) -> tuple:
+    """What onnxsim may change: the node sequence and the initializer set."""
+    return (tuple((n.op_type, tuple(n.input), tuple(n.output)) for n in gp.node),
+            tuple(sorted(t.name for t in gp.initializer)))

@@ -48,7 +48,9 @@ def _merge(value: Value, tp: onnx.TypeProto) -> bool:
         changed = True
     if not tt.HasField("shape"):
         return changed
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+    # ONNX names dims it cannot work out "unk__N" (numbered afresh in every run): unknown.
+    dims = [d.dim_value if d.HasField("dim_value") else
+            (d.dim_param if d.dim_param and not d.dim_param.startswith("unk__") else None)
             for d in tt.shape.dim]
     if value.shape is None:
         value.shape = tuple(dims)
