@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", "-o", required=True, help="bundle folder to write")
     c.add_argument("--backend", "-b", help="backend (default: the target's default)")
     c.add_argument("--precision", help="fp32 | fp16 | bf16 | int8 | mixed | int4-weight")
-    c.add_argument("--pipeline", help="named pass pipeline (default: simplify)")
+    c.add_argument("--pipeline", help="named pass pipeline (default: fusion)")
     c.add_argument("--passes", help="comma-separated pass names instead of a pipeline")
     c.add_argument("--shape", action="append", type=_shape, default=[],
                    help="static input shape, NAME=1x3x224x224 (repeatable)")

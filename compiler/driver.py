@@ -27,7 +27,7 @@ from compiler.artifact import Artifact, commit_bundle, staging_dir, write_manife
 from compiler.errors import CompileError, ConstraintError, UnknownBackendError, VerificationError
 from compiler.ir import Graph
 from compiler.onnx_io import import_onnx, load_model_proto
-from compiler.pipeline import PassManager, get_pipeline
+from compiler.pipeline import DEFAULT_PIPELINE, PassManager, get_pipeline
 from passes.base import Pass, PassContext, get_pass
 
 __all__ = ["compile", "optimize", "load_graph"]
@@ -94,7 +94,7 @@ def load_graph(model: Any, example_inputs: Any = None) -> Graph:
 def _passes(passes: Sequence[str | Pass] | None, pipeline: str | None) -> list[PassManager]:
     if passes is not None:
         return [PassManager([p if isinstance(p, Pass) else get_pass(p) for p in passes])]
-    return get_pipeline(pipeline or "simplify")
+    return get_pipeline(pipeline or DEFAULT_PIPELINE)
 
 
 def optimize(model: Any, pipeline: str | None = "simplify", *,

@@ -83,7 +83,14 @@ _PIPELINES: dict[str, list[list[str]]] = {
                  ["identity_elimination", "constant_folding", "dce"],
                  ["shape_inference"]],
     "onnxsim": [["onnxsim"], ["shape_inference"]],
+    "fusion": [["shape_inference"],
+               ["identity_elimination", "constant_folding", "dce"],
+               ["shape_inference"],
+               ["fusion"],
+               ["dce"],
+               ["shape_inference"]],
 }
+DEFAULT_PIPELINE = "fusion"
 
 
 def register_pipeline(name: str, stages: list[list[str]]) -> None:

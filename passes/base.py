@@ -94,6 +94,7 @@ _BUILTIN: dict[str, str] = {
     "identity_elimination": "passes.identity",
     "constant_folding": "passes.fold",
     "onnxsim": "passes.onnxsim_pass",
+    "fusion": "passes.fusion",
 }
 _REGISTRY: dict[str, type[Pass]] = {}
 

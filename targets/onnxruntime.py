@@ -23,7 +23,7 @@ __all__ = ["OnnxRuntimeBackend", "OrtRunner", "session_options"]
 # ONNX Runtime contrib ops edgec's fusion passes may emit (com.microsoft domain).
 _CONTRIB = frozenset({
     "Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
-    "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "FastGelu", "BiasGelu",
+    "SkipSimplifiedLayerNormalization", "FastGelu", "BiasGelu",
     "Gelu", "QuickGelu", "FusedConv", "FusedMatMul", "RotaryEmbedding", "BiasAdd",
     "MatMulNBits", "QOrderedMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
     "QLinearAdd", "QLinearSigmoid", "QLinearConcat", "QLinearGlobalAveragePool",

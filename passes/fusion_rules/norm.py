@@ -1,0 +1,155 @@
+"""LayerNormalization and RMSNorm from primitive ops.
+
+LayerNorm over the last axis:
+    μ = mean(x), d = x − μ, σ² = mean(d²), y = d/√(σ² + ε)·γ + β
+found as ReduceMean, Sub, Pow(·, 2) or Mul(d, d), ReduceMean, Add(ε), Sqrt, Div (or Mul by
+Reciprocal), Mul(γ)[, Add(β)]. It becomes ONNX `LayerNormalization(x, γ, β, axis=-1, epsilon=ε)`
+(standard domain, needs the model's opset ≥ 17).
+
+RMSNorm (Llama, T5):
+    y = x/√(mean(x²) + ε)·γ
+found as Pow(x, 2) or Mul(x, x), ReduceMean, Add(ε), Sqrt, Div (or Mul by Reciprocal), Mul(γ).
+It becomes ONNX `RMSNormalization` (opset ≥ 23); below that it is recorded as an "rmsnorm"
+fusion group (ONNX Runtime's SimplifiedLayerNormalization lives in the ONNX domain, where it is
+not a standard op, so edgec does not emit it).
+
+Conditions: both ReduceMeans reduce exactly the last axis with keepdims=1 and read the same x;
+ε is a constant scalar; γ (and β) are constants with one value per channel (or one value), and
+the channel count is known; intermediates are read only inside the pattern.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from passes.rewrite import (
+    Alt,
+    Const,
+    Match,
+    Op,
+    Rule,
+    RuleSet,
+    Var,
+    emit,
+    finish,
+    reduce_axes,
+    scalar,
+    shape_of,
+)
+
+__all__ = ["LayerNormFromPrimitives", "RMSNormFromPrimitives", "RULE_SET"]
+
+
+def _rm(x, name: str) -> Op:
+    return Op("ReduceMean", x, name=name, partial=True)
+
+
+def _square(v) -> Alt:
+    return Alt(Op("Pow", v, Const("two", 2.0), name="square"), Op("Mul", v, v, name="square"))
+
+
+def _normalize(num, den) -> Alt:
+    return Alt(Op("Div", num, den, name="div"),
+               Op("Mul", num, Op("Reciprocal", den, name="recip"), name="div"))
+
+
+def _ln_patterns() -> tuple[Op, ...]:
+    x = Var("x")
+    d = Op("Sub", x, _rm(x, "mean"), name="sub")
+    den = Op("Sqrt", Op("Add", _rm(_square(d), "var"), Const("eps"), name="add_eps"),
+             name="sqrt")
+    scaled = Op("Mul", _normalize(d, den), Const("gamma"), name="mul_gamma")
+    return (Op("Add", scaled, Const("beta"), name="add_beta"), scaled)
+
+
+def _rms_pattern() -> Op:
+    x = Var("x")
+    den = Op("Sqrt", Op("Add", _rm(_square(x), "var"), Const("eps"), name="add_eps"),
+             name="sqrt")
+    n = _normalize(x, den)
+    return Op("Mul", Alt(Op("Cast", n, name="cast"), n), Const("gamma"), name="mul_gamma")
+
+
+def _check_common(m: Match, reducers: tuple[str, ...]) -> str | None:
+    xs = shape_of(m["x"])
+    rank = None if xs is None else len(xs)
+    for r in reducers:
+        node = m.named[r]
+        axes = reduce_axes(node)
+        if axes is None or len(axes) != 1 or not (
+                axes[0] == -1 or (rank is not None and axes[0] == rank - 1)):
+            return "reduction is not over the last axis"
+        if node.attr("keepdims", 1) != 1:
+            return "ReduceMean without keepdims"
+    if "cast" in m.named:
+        to = m.named["cast"].attr("to")
+        if m["x"].dtype is None or to != m["x"].dtype:
+            return "Cast changes the dtype inside the pattern"
+    if scalar(m.consts["eps"]) is None:
+        return "epsilon is not a scalar"
+    channels = xs[-1] if xs else None
+    for k in ("gamma", "beta"):
+        c = m.consts.get(k)
+        if c is None:
+            continue
+        if c.size != 1 and (c.size != c.shape[-1] or (isinstance(channels, int)
+                                                      and c.size != channels)):
+            return f"{k} is not one value per channel"
+    if not isinstance(channels, int) and all(
+            m.consts.get(k) is None or m.consts[k].size == 1 for k in ("gamma", "beta")):
+        return "channel count unknown"
+    return None
+
+
+def _channel_vec(m: Match, key: str, default: float) -> np.ndarray:
+    xs = shape_of(m["x"])
+    c = m.consts.get(key)
+    n = xs[-1] if xs and isinstance(xs[-1], int) else (c.size if c is not None else 1)
+    dtype = np.float32 if m["x"].dtype in (None, 1) else m.consts["gamma"].dtype
+    if c is None:
+        return np.full((n,), default, dtype)
+    return np.broadcast_to(c.reshape(-1), (n,)).astype(c.dtype).copy()
+
+
+class LayerNormFromPrimitives(Rule):
+    """ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul[/Add] -> LayerNormalization."""
+
+    name = "layernorm"
+    kind = "layernorm"
+    patterns = _ln_patterns()
+    candidates = (("", "LayerNormalization", 17),)
+
+    def check(self, m: Match, ctx) -> str | None:
+        return _check_common(m, ("mean", "var"))
+
+    def rewrite(self, m: Match, graph, op) -> None:
+        eps = scalar(m.consts["eps"])
+        g = graph.make_constant(_channel_vec(m, "gamma", 1.0), "ln_gamma")
+        b = graph.make_constant(_channel_vec(m, "beta", 0.0), "ln_beta")
+        new = emit(graph, m.anchor, "LayerNormalization", [m["x"], g, b],
+                   attrs={"axis": -1, "epsilon": float(eps)}, hint="LayerNorm")
+        finish(m, graph, new.outputs[0])
+
+
+class RMSNormFromPrimitives(Rule):
+    """Pow/ReduceMean/Add/Sqrt/Div/Mul -> RMSNormalization or SimplifiedLayerNormalization."""
+
+    name = "rmsnorm"
+    kind = "rmsnorm"
+    patterns = (_rms_pattern(),)
+    # ONNX Runtime's SimplifiedLayerNormalization is registered in the ONNX domain, not
+    # com.microsoft, and edgec's importer rejects it there, so it is not a candidate.
+    candidates = (("", "RMSNormalization", 23),)
+
+    def check(self, m: Match, ctx) -> str | None:
+        return _check_common(m, ("var",))
+
+    def rewrite(self, m: Match, graph, op) -> None:
+        eps = float(scalar(m.consts["eps"]))
+        g = graph.make_constant(_channel_vec(m, "gamma", 1.0), "rms_gamma")
+        new = emit(graph, m.anchor, op[1], [m["x"], g], domain=op[0],
+                   attrs={"axis": -1, "epsilon": eps}, hint="RMSNorm")
+        finish(m, graph, new.outputs[0])
+
+
+RULE_SET = RuleSet("norm", [LayerNormFromPrimitives(), RMSNormFromPrimitives()])
