@@ -52,6 +52,7 @@ class VerifyReport:
     inputs_from: str = ""
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     skipped: str = ""
+    runner: str = ""  # what produced the compared outputs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

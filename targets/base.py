@@ -117,7 +117,9 @@ class Backend(ABC):
     accepted_fused_ops: frozenset[tuple[str, str]] = frozenset()
 
     @abstractmethod
-    def legality(self, graph: Graph, profile: DeviceProfile) -> LegalityReport: ...
+    def legality(self, graph: Graph, profile: DeviceProfile,
+                 config: BuildConfig | None = None) -> LegalityReport:
+        """Where each node would run for `profile` under `config` (compute unit, shapes)."""
 
     @abstractmethod
     def emit(self, graph: Graph, profile: DeviceProfile, config: BuildConfig,
@@ -131,6 +133,12 @@ class Backend(ABC):
     def can_run(self, profile: DeviceProfile) -> bool:
         """Whether this machine can execute the built artifact for `profile`."""
         return False
+
+    def load_proxy(self, bundle_dir: str, manifest: dict[str, Any]) -> tuple[Runner, str] | None:
+        """For a bundle this machine cannot run: a runner for the same emitted graph on this
+        machine (e.g. ONNX Runtime on TensorRT's strongly typed ONNX) and a line saying what it
+        checks. None when there is no such stand-in."""
+        return None
 
     def load(self, bundle_dir: str, manifest: dict[str, Any]) -> Runner:
         raise UnknownBackendError(

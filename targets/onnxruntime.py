@@ -121,7 +121,7 @@ class OnnxRuntimeBackend(Backend):
         | {("", "LayerNormalization"), ("", "Attention"), ("", "RMSNormalization"),
            ("", "Gelu")})
 
-    def legality(self, graph, profile) -> LegalityReport:
+    def legality(self, graph, profile, config: BuildConfig | None = None) -> LegalityReport:
         report = LegalityReport(self.name, profile.name)
         for i, node in enumerate(graph):
             key = node_key(node, i)

@@ -127,3 +127,32 @@ def test_torch_module(tmp_path):
     np.testing.assert_allclose(next(iter(got.values())), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(CompileError, match="example_inputs"):
         compiler.compile(net)
+
+
+def test_device_bundles_are_verified_through_a_stand_in(tmp_path):
+    """A Jetson TensorRT bundle cannot run here; its strongly typed ONNX still is checked."""
+    art = compiler.compile(_conv_net(False), target="jetson-orin", precision="fp16",
+                           out_dir=tmp_path / "orin")
+    assert art.backend == "tensorrt" and "default" in art.manifest["backend_reason"]
+    ver = art.verification
+    assert ver["passed"] is True and "ONNX Runtime" in ver["runner"]
+    assert ver["tolerance"]["min_cosine"] == 0.999  # the FP16 tolerance
+    assert {"build_engine.py", "trtexec.sh", "model.onnx"} <= set(art.files)
+    fp16 = onnx.load(tmp_path / "orin" / "model.onnx")
+    assert any(t.data_type == T.FLOAT16 for t in fp16.graph.initializer)
+
+
+def test_proxy_verification_catches_a_broken_device_graph(tmp_path, monkeypatch):
+    from targets import tensorrt
+
+    monkeypatch.setattr(tensorrt, "to_fp16", lambda g, dtype="fp16": _break(g))
+    with pytest.raises(compiler.errors.VerificationError, match="differs"):
+        compiler.compile(_conv_net(False), target="jetson-orin", precision="fp16",
+                         out_dir=tmp_path / "orin")
+    assert not (tmp_path / "orin").exists()
+
+
+def _break(graph):
+    relu = next(n for n in graph if n.op_type == "Relu")
+    relu.op_type = "Sigmoid"
+    return graph

@@ -1,0 +1,274 @@
+"""OpenVINO backend: OpenVINO IR (model.xml + model.bin) for Intel CPUs, GPUs and NPUs.
+
+`emit` exports the graph to ONNX, reads it with `openvino.Core().read_model`, fixes the input
+shapes for static-shape devices (the Intel NPU compiles static shapes only, so every dynamic dim
+must be given through `shapes=`), and writes the IR with `openvino.save_model(...,
+compress_to_fp16=False)`; precision is not baked into the weights but requested at compile time
+through `ov_config.json` (INFERENCE_PRECISION_HINT f32/f16/bf16, PERFORMANCE_HINT LATENCY,
+INFERENCE_NUM_THREADS on the CPU). Q/DQ in the graph (INT8) is read by OpenVINO as is.
+
+`legality` converts the ONNX model op by op (`FrontEnd.convert_partially`: ops without an
+OpenVINO conversion rule stay `ONNXFrameworkNode`s) and, for the host CPU, asks the plugin
+(`Core.query_model`) which operations it runs. Plugins absent from this machine (NPU, GPU) cannot
+be queried; their op coverage is reported as unchecked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import CompileError, MissingDependencyError
+from compiler.ir import Graph
+from compiler.onnx_io import export_onnx
+from targets.base import Backend, BuildConfig, LegalityReport, Runner, node_key, register_backend
+
+__all__ = ["OpenVinoBackend", "OpenVinoRunner", "ov_device", "ov_properties"]
+
+_KIND_TO_DEVICE = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
+_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise MissingDependencyError("openvino", "openvino", "to compile for Intel devices") \
+            from None
+    return openvino
+
+
+def ov_device(profile, config: BuildConfig | None = None) -> str:
+    """The OpenVINO device name: options["device"], else the chosen unit's kind, else the main
+    unit's; "CPU" for the host."""
+    if config is not None and config.option("device"):
+        return str(config.option("device")).upper()
+    if getattr(profile, "is_host", False):
+        return "CPU"
+    units = list(getattr(profile, "compute_units", ()))
+    want = str(config.option("unit", "")) if config is not None else ""
+    unit = next((u for u in units if want and want in (u.name, u.kind)), None)
+    unit = unit or (units[0] if units else None)
+    return _KIND_TO_DEVICE.get(getattr(unit, "kind", "cpu"), "CPU")
+
+
+def _needs_static(profile, device: str) -> bool:
+    return device == "NPU" or bool(getattr(profile, "static_shapes", False))
+
+
+def ov_properties(device: str, config: BuildConfig) -> dict[str, Any]:
+    """compile_model properties for `device` and the requested precision."""
+    props: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    hint = _PRECISION_HINT.get(config.precision)
+    if hint is not None:  # int8 / int4-weight: the Q/DQ or compressed weights decide
+        props["INFERENCE_PRECISION_HINT"] = hint
+    threads = config.option("threads")
+    if threads and device == "CPU":
+        props["INFERENCE_NUM_THREADS"] = int(threads)
+    return props
+
+
+def _dynamic_dims(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, int, Any]]:
+    """(input, dim index, dim) for every dim not fixed by the graph or by `shapes`."""
+    out = []
+    for v in graph.inputs:
+        if v.const is not None or v.name in shapes:
+            continue
+        if v.shape is None:
+            out.append((v.name, -1, None))
+            continue
+        out.extend((v.name, i, d) for i, d in enumerate(v.shape) if not isinstance(d, int))
+    return out
+
+
+def _static_error(name: str, dim: int, value: Any, device: str) -> str:
+    what = "has an unknown rank" if dim < 0 else f"dim {dim} ({value!r}) is dynamic"
+    return (f"input {name!r} {what}; OpenVINO's {device} compiles static shapes only: pass "
+            f"shapes={{'{name}': (...)}} (CLI: --shape {name}=...)")
+
+
+def _output_owner(graph: Graph) -> dict[str, str]:
+    """ONNX value name -> key of the node producing it (as the legality report names nodes)."""
+    owner = {}
+    for i, node in enumerate(graph):
+        for o in node.outputs:
+            owner[o.name] = node_key(node, i)
+    return owner
+
+
+@register_backend
+class OpenVinoBackend(Backend):
+    """OpenVINO IR; runs here on the host CPU, on Intel GPU/NPU on the device."""
+
+    name = "openvino"
+    extra = "openvino"
+
+    def legality(self, graph: Graph, profile, config: BuildConfig | None = None
+                 ) -> LegalityReport:
+        ov = _openvino()
+        from openvino.frontend import FrontEndManager
+
+        device = ov_device(profile, config)
+        report = LegalityReport(self.name, profile.name)
+        keys = [node_key(n, i) for i, n in enumerate(graph)]
+        by_name = {n.name: k for n, k in zip(graph, keys) if n.name}
+        owner = _output_owner(graph)
+
+        def key_of(op) -> str | None:
+            if op.get_friendly_name() in by_name:
+                return by_name[op.get_friendly_name()]
+            for out in op.outputs():
+                for name in out.get_names():
+                    if name in owner:
+                        return owner[name]
+            return None
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            export_onnx(graph, path)
+            fe = FrontEndManager().load_by_framework("onnx")
+            input_model = fe.load(path)  # framework nodes point into it: keep it alive
+            model = fe.convert_partially(input_model)
+            for op in model.get_ops():
+                if op.get_type_name() == "ONNXFrameworkNode":
+                    attrs = op.get_attributes()
+                    domain = attrs.get("ONNX_META_domain") or ""
+                    op_type = attrs.get("ONNX_META_type") or op.get_type_name()
+                    k = key_of(op) or op.get_friendly_name()
+                    report.unsupported[k] = (
+                        f"OpenVINO's ONNX frontend has no conversion rule for "
+                        f"{domain + '::' if domain else ''}{op_type}")
+            if not report.unsupported and device in ov.Core().available_devices:
+                supported = ov.Core().query_model(model, device)
+                for op in model.get_ops():
+                    if op.get_type_name() in ("Parameter", "Result", "Constant"):
+                        continue
+                    k = key_of(op)
+                    if op.get_friendly_name() not in supported and k is not None:
+                        report.unsupported[k] = (f"the OpenVINO {device} plugin does not "
+                                                 f"support {op.get_type_name()}")
+            elif device not in ov.Core().available_devices:
+                report.notes.append(f"{device} plugin not available on this machine; op "
+                                    "coverage unchecked")
+            del model, input_model  # the converted model first: it references the input model
+        report.accelerated = [k for k in keys if k not in report.unsupported]
+        if _needs_static(profile, device):
+            shapes = config.shapes if config is not None else {}
+            for name, dim, value in _dynamic_dims(graph, shapes):
+                why = _static_error(name, dim, value, device)
+                if config is not None:
+                    report.unsupported[f"input:{name}"] = why
+                else:  # the shapes arrive with the BuildConfig; emit() enforces them
+                    report.notes.append(why)
+        return report
+
+    def emit(self, graph: Graph, profile, config: BuildConfig, out_dir: str) -> list[str]:
+        ov = _openvino()
+        device = ov_device(profile, config)
+        static = _needs_static(profile, device) or bool(config.option("static_shapes"))
+        if static:
+            missing = _dynamic_dims(graph, config.shapes)
+            if missing:
+                raise CompileError(_static_error(*missing[0], device))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            export_onnx(graph, path)
+            try:
+                model = ov.Core().read_model(path)
+            except RuntimeError as e:
+                raise CompileError(f"OpenVINO cannot read the model: {_first_lines(e)}") from None
+            if static:
+                names = {p.get_any_name() for p in model.inputs}
+                model.reshape({k: list(v) for k, v in config.shapes.items() if k in names})
+                for port in model.inputs:
+                    ps = port.get_partial_shape()
+                    if not ps.is_static:
+                        raise CompileError(_static_error(port.get_any_name(), -1, str(ps),
+                                                         device))
+            ov.save_model(model, os.path.join(out_dir, "model.xml"), compress_to_fp16=False)
+        ov_config = {
+            "device": device,
+            "properties": ov_properties(device, config),
+            "inputs": [v.name for v in graph.inputs if v.const is None],
+            "outputs": [v.name for v in graph.outputs],
+            "static_shapes": static,
+        }
+        with open(os.path.join(out_dir, "ov_config.json"), "w") as f:
+            json.dump(ov_config, f, indent=2)
+        return ["model.xml", "model.bin", "ov_config.json"]
+
+    def build(self, out_dir: str, profile, config: BuildConfig) -> list[str]:
+        """Compile once on the host to validate the IR (the device compiles its own blob)."""
+        if self.can_run(profile):
+            self.load(out_dir, {})
+        return []
+
+    def can_run(self, profile) -> bool:
+        if not getattr(profile, "is_host", False):
+            return False
+        try:
+            _openvino()
+        except MissingDependencyError:
+            return False
+        return True
+
+    def load(self, bundle_dir: str, manifest: dict[str, Any]) -> Runner:
+        with open(os.path.join(bundle_dir, "ov_config.json")) as f:
+            cfg = json.load(f)
+        return OpenVinoRunner(os.path.join(bundle_dir, "model.xml"), cfg)
+
+    def load_proxy(self, bundle_dir: str, manifest: dict[str, Any]):
+        try:
+            runner = self.load(bundle_dir, manifest)
+        except MissingDependencyError:
+            return None
+        return runner, ("the emitted OpenVINO IR on this machine's CPU plugin (the device "
+                        "plugin compiles the same IR there)")
+
+    def versions(self) -> dict[str, str]:
+        return {"openvino": _openvino().__version__}
+
+
+class OpenVinoRunner(Runner):
+    """Compiles model.xml for the host CPU with the bundle's properties; outputs by ONNX name."""
+
+    def __init__(self, xml_path: str, cfg: dict[str, Any]) -> None:
+        ov = _openvino()
+        core = ov.Core()
+        props = dict(cfg.get("properties", {}))
+        if cfg.get("device", "CPU") != "CPU":  # a device bundle checked here: CPU properties only
+            props.pop("INFERENCE_NUM_THREADS", None)
+        try:
+            self.compiled = core.compile_model(core.read_model(xml_path), "CPU", props)
+        except RuntimeError as e:
+            raise CompileError(f"OpenVINO could not compile {xml_path} for the CPU: "
+                               f"{_first_lines(e)}") from None
+        # A port can carry several tensor names (OpenVINO merges the names of tensors it folds
+        # together, e.g. an input and a no-op Cast of it): match the ONNX names recorded at emit.
+        self.input_names, self._in = _match(list(self.compiled.inputs), cfg.get("inputs"))
+        self.output_names, self._out = _match(list(self.compiled.outputs), cfg.get("outputs"))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise CompileError(f"missing inputs {missing}; the model takes {self.input_names}")
+        result = self.compiled({p: np.ascontiguousarray(feeds[n])
+                                for n, p in zip(self.input_names, self._in)})
+        return {n: np.array(result[p]) for n, p in zip(self.output_names, self._out)}
+
+
+def _match(ports: list, names: list[str] | None) -> tuple[list[str], list]:
+    """(ONNX names, ports in the same order): by tensor name, else by position."""
+    if not names or len(names) != len(ports):
+        return [p.get_any_name() for p in ports], ports
+    found = [next((p for p in ports if n in p.get_names()), None) for n in names]
+    return list(names), [f if f is not None else ports[i] for i, f in enumerate(found)]
+
+
+def _first_lines(e: Exception, n: int = 6) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return " ".join(lines[:n])
