@@ -141,12 +141,23 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     `model`: a path, bytes, ModelProto, Graph or torch.nn.Module (with `example_inputs`).
     `shapes`: static sizes for inputs with symbolic dims, e.g. {"pixel_values": (1,3,224,224)}.
     `options`: backend options (threads, tuning trials, DLA core, ...).
+    `backend="auto"`: let the cost-model search pick backend (and precision, if not given);
+    the manifest records the runners-up. `Artifact.predicted` is filled for every compile.
     """
     from targets.base import BuildConfig
     from targets.devices import get_profile
 
     t0 = time.perf_counter()
     profile = get_profile(target)
+    shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
+    source = _Source(model, example_inputs)
+    graph = source.graph
+    _check_shapes(graph, shapes)
+    search_result = None
+    if backend == "auto":  # the cost model's choice (see README: not yet the default)
+        search_result = _search(graph, profile, precision, constraints, shapes)
+        backend = search_result.choice.config["backend"]
+        precision = precision or search_result.choice.config["precision"]
     precision = precision or "fp32"
     if precision not in PRECISIONS:
         raise ConstraintError(
@@ -156,10 +167,8 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             f"{profile.name} does not support {precision}; it supports "
             f"{', '.join(profile.precisions)}")
     be, why = _choose_backend(profile, backend)
-    shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
-    source = _Source(model, example_inputs)
-    graph = source.graph
-    _check_shapes(graph, shapes)
+    if search_result is not None:
+        why = f"chosen by the cost-model search (objective: {search_result.objective})"
     ctx = PassContext(profile=profile, backend=be, shapes=shapes, options=dict(options or {}))
     records = []
     for pm in _passes(passes, pipeline):
@@ -169,6 +178,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
                          allow_fallback=bool((constraints or {}).get("allow_fallback", True)))
     report = be.legality(graph, profile, config)
     report.check(config.allow_fallback)
+    prediction = _predict(graph, be.name, precision, records, config, profile, shapes)
 
     stage = staging_dir(out_dir)
     try:
@@ -188,7 +198,9 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             "constraints": dict(constraints or {}),
             "legality": report.to_dict(),
             "passes": records,
-            "predicted": {},
+            "predicted": prediction.summary(),
+            "prediction_assumptions": prediction.assumptions,
+            "search": search_result.to_dict() if search_result is not None else None,
             "measured": {},
             "versions": _versions(be),
         }
@@ -223,6 +235,29 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _search(graph: Graph, profile, precision: str | None, constraints, shapes):
+    from compiler.cost.model import bindings_from_shapes
+    from compiler.search import search
+
+    cons = dict(constraints or {})
+    objective = cons.pop("objective", "latency")
+    cons.pop("allow_fallback", None)
+    return search(graph, profile, objective=objective, constraints=cons,
+                  bindings=bindings_from_shapes(graph, shapes),
+                  precisions=[precision] if precision else None)
+
+
+def _predict(graph: Graph, backend: str, precision: str, records, config, profile, shapes):
+    from compiler.cost import predict
+    from compiler.cost.model import bindings_from_shapes
+
+    return predict(graph, {"backend": backend, "precision": precision,
+                           "fusion": any(r["pass"] == "fusion" for r in records),
+                           "threads": config.option("threads", 0),
+                           "power_mode": config.option("power_mode")},
+                   profile, bindings=bindings_from_shapes(graph, shapes))
 
 
 def _check_shapes(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> None:

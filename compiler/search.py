@@ -1,0 +1,216 @@
+"""Configuration search: enumerate, prune, predict, keep the best under constraints.
+
+Space per device: backend (profile.backends) x precision policy (fp32, fp16, bf16, int8, mixed,
+int4-weight, as profile.precisions allows) x edgec fusion on/off x backend options (threads:
+all cores, or 1 on a multi-core CPU) x power mode (devices with several).
+
+Pruning, before any prediction, each with its reason:
+- illegal: backend not serving the profile, precision not supported, backend module missing,
+  or the backend's legality report lists unsupported nodes;
+- equivalent: fusion off on a backend that fuses natively (OpenVINO, TVM, TensorRT) gives the
+  same kernels; int4-weight on a graph with no MatMul/Gemm weight is fp32;
+- lossless-only: `max_accuracy_drop == 0` keeps fp32 alone (otherwise the budget is passed
+  through in the chosen config for the precision pass to honour).
+
+The rest is predicted with `compiler.cost.model.predict` (precision simulated as "every Conv/
+MatMul/Gemm with a constant weight at that precision" until the precision pass has lowered the
+graph). Constraints (max_latency_ms, max_memory_mb) filter; the objective (latency | energy |
+memory) ranks, ties broken by latency, memory, then the configuration's text, so the result is
+deterministic. The Pareto front is over (latency, memory, accuracy risk of the precision).
+When nothing is feasible, `ConstraintError` names the smallest achievable value.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from compiler.cost.model import NATIVE_FUSION, Prediction, predict
+from compiler.errors import ConstraintError
+from compiler.ir import Graph
+
+__all__ = ["Candidate", "SearchResult", "config_space", "prepare_graph", "search"]
+
+OBJECTIVES = {"latency": "latency_ms", "energy": "energy_mj", "memory": "memory_mb"}
+POLICIES = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
+RISK = {"fp32": 0, "fp16": 1, "bf16": 1, "mixed": 2, "int8": 3, "int4-weight": 4}
+
+
+@dataclass
+class Candidate:
+    config: dict[str, Any]
+    prediction: Prediction | None = None
+    pruned: str = ""
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.config, sort_keys=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"config": self.config}
+        if self.prediction is not None:
+            d["predicted"] = self.prediction.summary()
+        if self.pruned:
+            d["pruned"] = self.pruned
+        return d
+
+
+@dataclass
+class SearchResult:
+    choice: Candidate
+    runners_up: list[Candidate]
+    pareto: list[Candidate]
+    candidates: list[Candidate] = field(default_factory=list)
+    pruned: list[Candidate] = field(default_factory=list)
+    objective: str = "latency"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objective": self.objective, "choice": self.choice.to_dict(),
+                "runners_up": [c.to_dict() for c in self.runners_up],
+                "pareto": [c.to_dict() for c in self.pareto],
+                "pruned": [c.to_dict() for c in self.pruned]}
+
+
+def config_space(profile, backends: Sequence[str] | None = None,
+                 precisions: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every configuration before pruning, in a fixed order."""
+    precs = [p for p in (precisions or POLICIES)
+             if p in profile.precisions or (p == "mixed" and "int8" in profile.precisions)]
+    unit = profile.main_unit
+    threads = [0, 1] if unit.kind == "cpu" and (unit.cores or 1) > 1 else [0]
+    modes = [m.name for m in profile.power_modes] if len(profile.power_modes) > 1 else [None]
+    out = []
+    for be, prec, fusion, thr, mode in itertools.product(
+            backends or profile.backends, precs, (True, False), threads, modes):
+        c = {"backend": be, "precision": prec, "fusion": fusion, "threads": thr}
+        if mode is not None:
+            c["power_mode"] = mode
+        out.append(c)
+    return out
+
+
+def prepare_graph(graph: Graph, config: Mapping[str, Any], profile) -> Graph:
+    """A copy of `graph` as the configuration compiles it (fusion pipeline when on)."""
+    from compiler.onnx_io import export_onnx, import_onnx
+    from passes.base import PassContext
+
+    copy = import_onnx(export_onnx(graph), base_dir=graph.model.base_dir)
+    if config.get("fusion", True):
+        import passes.fusion  # noqa: F401 - registers the "fusion" pipeline
+        from compiler.pipeline import get_pipeline
+        from targets.base import get_backend
+
+        try:
+            be = get_backend(config["backend"])
+        except Exception:  # backend module missing: fuse for a backend accepting nothing
+            be = None
+        ctx = PassContext(profile=profile, backend=be)
+        for pm in get_pipeline("fusion"):
+            pm.run(copy, ctx)
+    return copy
+
+
+def _prune(graph: Graph, c: dict, profile, legality: bool, max_drop: float | None,
+           reports: dict) -> str:
+    be = c["backend"]
+    if be not in profile.backends:
+        return f"illegal: {be} does not serve {profile.name}"
+    if max_drop is not None and max_drop <= 0 and c["precision"] != "fp32":
+        return "max_accuracy_drop = 0: only fp32 is lossless"
+    if not c["fusion"] and NATIVE_FUSION.get(be):
+        return f"equivalent: {be} fuses natively, fusion off gives the same kernels"
+    if c["precision"] == "int4-weight" and not any(
+            n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 and n.inputs[1] is not None
+            and n.inputs[1].const is not None for n in graph):
+        return "equivalent: no MatMul/Gemm weight for int4-weight, same as fp32"
+    if legality:
+        if be not in reports:
+            try:
+                from targets.base import get_backend
+
+                rep = get_backend(be).legality(graph, profile)
+                reports[be] = "" if rep.ok else "illegal: " + "; ".join(
+                    f"{k}: {v}" for k, v in list(rep.unsupported.items())[:3])
+            except Exception as e:  # module missing or its SDK not installed
+                reports[be] = f"illegal: backend {be} unavailable ({e})"
+        return reports[be]
+    return ""
+
+
+def _dominated(a: Candidate, b: Candidate) -> bool:
+    """b dominates a in (latency, memory, accuracy risk)."""
+    pa, pb = a.prediction, b.prediction
+    va = (pa.latency_ms, pa.memory_mb, RISK[a.config["precision"]])
+    vb = (pb.latency_ms, pb.memory_mb, RISK[b.config["precision"]])
+    return all(y <= x for x, y in zip(va, vb)) and vb != va
+
+
+def search(graph: Graph, profile, *, objective: str = "latency",
+           constraints: Mapping[str, Any] | None = None,
+           bindings: Mapping[str, int] | None = None, backends: Sequence[str] | None = None,
+           precisions: Sequence[str] | None = None, calibration: Mapping[str, Any] | None = None,
+           legality: bool = True, top: int = 5) -> SearchResult:
+    """The best configuration for `objective` under `constraints`, runners-up and the Pareto
+    front. `calibration` maps backend -> Calibration/Params (default: the stored files)."""
+    if objective not in OBJECTIVES:
+        raise ConstraintError(f"unknown objective {objective!r}; choose "
+                              f"{' | '.join(OBJECTIVES)}")
+    cons = dict(constraints or {})
+    max_drop = cons.get("max_accuracy_drop")
+    reports: dict[str, str] = {}
+    fused: dict[str, Graph] = {}
+    live, pruned = [], []
+    for c in config_space(profile, backends, precisions):
+        why = _prune(graph, c, profile, legality, max_drop, reports)
+        if why:
+            pruned.append(Candidate(c, pruned=why))
+            continue
+        g = graph
+        if c["fusion"]:
+            if c["backend"] not in fused:
+                try:
+                    fused[c["backend"]] = prepare_graph(graph, c, profile)
+                except Exception:  # a failing fusion pass must not fail the search
+                    fused[c["backend"]] = graph
+            g = fused[c["backend"]]
+        cal = (calibration or {}).get(c["backend"])
+        p = predict(g, c, profile, bindings=bindings, calibration=cal)
+        if max_drop is not None:
+            c = {**c, "max_accuracy_drop": max_drop}
+        live.append(Candidate(c, p))
+    if not live:
+        raise ConstraintError(f"no legal configuration for {profile.name}: " + "; ".join(
+            sorted({c.pruned for c in pruned})[:4]))
+    feasible = list(live)
+    for key, metric, what in (("max_latency_ms", "latency_ms", "latency"),
+                              ("max_memory_mb", "memory_mb", "memory")):
+        if cons.get(key) is None:
+            continue
+        best = min(live, key=lambda c: getattr(c.prediction, metric))
+        low = getattr(best.prediction, metric)
+        if low > cons[key]:
+            raise ConstraintError(
+                f"{key}={cons[key]:g} cannot be met on {profile.name}: the smallest "
+                f"predicted {what} over {len(live)} configurations is {low:.4g} "
+                f"({'ms' if what == 'latency' else 'MB'}, with {best.config['backend']} "
+                f"{best.config['precision']}); relax the constraint to at least {low:.4g}")
+        feasible = [c for c in feasible if getattr(c.prediction, metric) <= cons[key]]
+    if not feasible:
+        raise ConstraintError(
+            "max_latency_ms and max_memory_mb cannot both be met on "
+            f"{profile.name}; each alone can: smallest latency "
+            f"{min(c.prediction.latency_ms for c in live):.4g} ms, smallest memory "
+            f"{min(c.prediction.memory_mb for c in live):.4g} MB")
+    metric = OBJECTIVES[objective]
+
+    def rank(c: Candidate):
+        p = c.prediction
+        return (getattr(p, metric), p.latency_ms, p.memory_mb, c.key)
+
+    feasible.sort(key=rank)
+    pareto = sorted([c for c in feasible if not any(_dominated(c, o) for o in feasible)],
+                    key=rank)
+    return SearchResult(feasible[0], feasible[1:1 + top], pareto, feasible, pruned, objective)
