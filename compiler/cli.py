@@ -61,11 +61,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="static input shape, NAME=1x3x224x224 (repeatable)")
     c.add_argument("--option", action="append", type=_option, default=[],
                    help="backend option KEY=VALUE (repeatable)")
+    c.add_argument("--calib", help="folder of .npy/.npz calibration inputs (int8, mixed)")
+    c.add_argument("--max-accuracy-drop", type=float,
+                   help="budget for mixed precision: top-1 predictions that may change vs FP32 "
+                   "on the calibration set (0.01 = 1%%)")
+    c.add_argument("--min-sqnr-db", type=float,
+                   help="budget for mixed precision: output SQNR vs FP32 (default 25 dB)")
     c.add_argument("--no-verify", action="store_true", help="skip the numeric check")
     c.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
-    i = sub.add_parser("inspect", help="op histogram, parameters, FLOPs, inputs/outputs")
-    i.add_argument("model")
+    i = sub.add_parser("inspect", help="op histogram, parameters, FLOPs, inputs/outputs; "
+                       "for a bundle folder also its precision map and predictions")
+    i.add_argument("model", help="an .onnx file or a bundle folder")
     i.add_argument("--shape", action="append", type=_shape, default=[])
     i.add_argument("--json", action="store_true")
 
@@ -82,10 +89,13 @@ def _compile(args) -> dict[str, Any]:
     from compiler import compile
 
     passes = [s.strip() for s in args.passes.split(",") if s.strip()] if args.passes else None
+    constraints = {k: v for k, v in (("max_accuracy_drop", args.max_accuracy_drop),
+                                     ("min_sqnr_db", args.min_sqnr_db)) if v is not None}
     art = compile(args.model, target=args.target, backend=args.backend,
                   precision=args.precision, passes=passes, pipeline=args.pipeline,
                   out_dir=args.out, verify=not args.no_verify, shapes=dict(args.shape),
-                  options=dict(args.option))
+                  options=dict(args.option), calibration=args.calib,
+                  constraints=constraints or None)
     m = art.manifest
     if not args.json:
         ver = m.get("verification") or {}
@@ -99,10 +109,22 @@ def _compile(args) -> dict[str, Any]:
 
 
 def _inspect(args) -> dict[str, Any]:
+    import os
+
     from compiler.driver import load_graph
-    from compiler.inspect import format_summary, summarize
+    from compiler.inspect import format_bundle, format_summary, summarize
     from passes.shape_inference import infer_shapes
 
+    if os.path.isdir(args.model):  # a bundle: what was chosen, per layer, and predicted
+        from compiler.artifact import load
+
+        art = load(args.model)
+        doc = {"target": art.target, "backend": art.backend, "config": art.config,
+               "precision": art.manifest.get("precision"), "predicted": art.predicted,
+               "verification": art.verification}
+        if not args.json:
+            print(format_bundle(doc))
+        return doc
     graph = load_graph(args.model)
     infer_shapes(graph)
     bindings = {}

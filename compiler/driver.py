@@ -15,7 +15,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +135,17 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             passes: Sequence[str | Pass] | None = None, out_dir: str | os.PathLike | None = None,
             verify: bool = True, example_inputs: Any = None,
             shapes: Mapping[str, Sequence[int]] | None = None, pipeline: str | None = None,
-            options: Mapping[str, Any] | None = None) -> Artifact:
+            options: Mapping[str, Any] | None = None,
+            metric: Callable[[Any, Any], float] | None = None) -> Artifact:
     """Compile `model` for the device `target` into a verified, deployable Artifact.
 
     `model`: a path, bytes, ModelProto, Graph or torch.nn.Module (with `example_inputs`).
     `shapes`: static sizes for inputs with symbolic dims, e.g. {"pixel_values": (1,3,224,224)}.
     `options`: backend options (threads, tuning trials, DLA core, ...).
+    `precision`: fp32 | fp16 | bf16 (whole graph) | int8 | mixed (per layer, from
+    `calibration`: an iterable of feed dicts or a folder of .npy/.npz) | int4-weight.
+    `constraints`: {"max_accuracy_drop": 0.01} (with `metric(reference, outputs) -> loss`),
+    {"min_sqnr_db": 25}, {"max_latency_ms": ..., "max_memory_mb": ..., "objective": ...}.
     `backend="auto"`: let the cost-model search pick backend (and precision, if not given);
     the manifest records the runners-up. `Artifact.predicted` is filled for every compile.
     """
@@ -155,14 +160,17 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     _check_shapes(graph, shapes)
     search_result = None
     if backend == "auto":  # the cost model's choice (see README: not yet the default)
-        search_result = _search(graph, profile, precision, constraints, shapes)
+        search_result = _search(graph, profile, precision, constraints, shapes,
+                                calibration is not None)
         backend = search_result.choice.config["backend"]
         precision = precision or search_result.choice.config["precision"]
     precision = precision or "fp32"
     if precision not in PRECISIONS:
         raise ConstraintError(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision not in profile.precisions:
+    supported = set(profile.precisions) | (
+        {"mixed"} if {"int8", "fp16"} & set(profile.precisions) else set())
+    if precision not in supported:
         raise ConstraintError(
             f"{profile.name} does not support {precision}; it supports "
             f"{', '.join(profile.precisions)}")
@@ -170,8 +178,23 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     if search_result is not None:
         why = f"chosen by the cost-model search (objective: {search_result.objective})"
     ctx = PassContext(profile=profile, backend=be, shapes=shapes, options=dict(options or {}))
-    records = []
-    for pm in _passes(passes, pipeline):
+    calibration = _calibration(calibration, graph)
+    records: list[dict[str, Any]] = []
+    stages = _passes(passes, pipeline)
+    # Precision goes in after BN folding and before fusion: a fused op (FusedConv, attention)
+    # would hide the Q/DQ pattern that backends turn into integer kernels.
+    at = next((i for i, pm in enumerate(stages) if any(p.name == "fusion" for p in pm.passes)),
+              len(stages))
+    for pm in stages[:at]:
+        pm.run(graph, ctx)
+        records.extend(pm.summary())
+    if precision != "fp32" and at < len(stages):
+        pm = PassManager([get_pass("fusion", rule_sets=("conv_bn",))])
+        pm.run(graph, ctx)
+        records.extend(pm.summary())
+    precision_report = _apply_precision(graph, profile, be, precision, calibration,
+                                        constraints, metric)
+    for pm in stages[at:]:
         pm.run(graph, ctx)
         records.extend(pm.summary())
     config = BuildConfig(precision=precision, options=dict(options or {}), shapes=shapes,
@@ -198,6 +221,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             "constraints": dict(constraints or {}),
             "legality": report.to_dict(),
             "passes": records,
+            "precision": precision_report,
             "predicted": prediction.summary(),
             "prediction_assumptions": prediction.assumptions,
             "search": search_result.to_dict() if search_result is not None else None,
@@ -237,7 +261,38 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
         raise
 
 
-def _search(graph: Graph, profile, precision: str | None, constraints, shapes):
+def _calibration(calibration: Any, graph: Graph) -> Any:
+    """A re-iterable calibration set: it is read by the precision pass, then verification."""
+    if isinstance(calibration, (str, os.PathLike)):
+        from compiler.calib_data import load_calibration
+
+        return load_calibration(calibration, graph)
+    if calibration is not None and not isinstance(calibration, (list, tuple)):
+        return list(calibration)
+    return calibration
+
+
+def _apply_precision(graph: Graph, profile, be, precision: str, calibration, constraints,
+                     metric) -> dict[str, Any] | None:
+    if precision == "fp32":
+        return None
+    from compiler.precision_api import apply_precision, top1_disagreement
+
+    cons = dict(constraints or {})
+    for key in ("max_latency_ms", "max_memory_mb", "objective", "allow_fallback"):
+        cons.pop(key, None)
+    if "max_accuracy_drop" in cons:  # the public name of the metric budget
+        cons["max_metric_loss"] = cons.pop("max_accuracy_drop")
+        if metric is None:  # label-free: top-1 changes bound the accuracy drop
+            metric = top1_disagreement
+    report = apply_precision(graph, profile, be, precision, calibration, cons, metric=metric)
+    if metric is top1_disagreement:
+        report["metric"] = "top-1 disagreement with FP32 on the calibration set (no labels)"
+    return report
+
+
+def _search(graph: Graph, profile, precision: str | None, constraints, shapes,
+            calibrated: bool):
     from compiler.cost.model import bindings_from_shapes
     from compiler.search import search
 
@@ -246,7 +301,8 @@ def _search(graph: Graph, profile, precision: str | None, constraints, shapes):
     cons.pop("allow_fallback", None)
     return search(graph, profile, objective=objective, constraints=cons,
                   bindings=bindings_from_shapes(graph, shapes),
-                  precisions=[precision] if precision else None)
+                  precisions=[precision] if precision else None if calibrated else
+                  [p for p in profile.precisions if p not in ("int8", "mixed")])
 
 
 def _predict(graph: Graph, backend: str, precision: str, records, config, profile, shapes):

@@ -10,7 +10,7 @@ import onnx
 from compiler.cost.flops import graph_flops
 from compiler.ir import Graph
 
-__all__ = ["summarize", "format_summary"]
+__all__ = ["summarize", "format_summary", "format_bundle"]
 
 
 def _sig(values) -> list[dict[str, Any]]:
@@ -50,4 +50,21 @@ def format_summary(s: dict[str, Any]) -> str:
              "opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in s["opsets"].items()),
              "inputs:", sig(s["inputs"]), "outputs:", sig(s["outputs"]), "ops:"]
     lines += [f"  {op:<28} {n}" for op, n in s["ops"].items()]
+    return "\n".join(lines)
+
+
+def format_bundle(doc: dict[str, Any]) -> str:
+    """A bundle's choices: target, backend, predictions and the per-layer precision map."""
+    pred = doc.get("predicted") or {}
+    lines = [f"bundle for {doc['target']} / {doc['backend']} "
+             f"({doc['config'].get('precision')})",
+             "predicted: " + ", ".join(f"{k} {v}" for k, v in pred.items())]
+    rep = doc.get("precision") or {}
+    layers = rep.get("layers") or {}
+    if layers:
+        lines.append(f"precision map ({len(layers)} layers; budget {rep.get('budget')}):")
+        for name, info in layers.items():
+            sens = info.get("sensitivity")
+            s = "" if sens is None else f" sensitivity {sens}"
+            lines.append(f"  {name:<40} {info.get('precision'):<12}{s}  {info.get('reason', '')}")
     return "\n".join(lines)

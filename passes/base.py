@@ -95,6 +95,7 @@ _BUILTIN: dict[str, str] = {
     "constant_folding": "passes.fold",
     "onnxsim": "passes.onnxsim_pass",
     "fusion": "passes.fusion",
+    "precision": "passes.precision",
 }
 _REGISTRY: dict[str, type[Pass]] = {}
 

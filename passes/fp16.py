@@ -205,6 +205,8 @@ class _Converter:
                 if t is not None:
                     self.cur[id(v)] = t
                     v.dtype = t
+            if any(t == self.dtype for t in outs) and node.op_type != "Cast":
+                node.meta["precision"] = "fp16" if self.dtype == _F16 else "bf16"
         for node in list(g):  # readers inside subgraphs expect the original types
             for sg in node.subgraphs():
                 for inner in sg.all_nodes():

@@ -377,11 +377,18 @@ def _sweep(graph: Graph, rule_sets: list[RuleSet], ctx: Any,
     return changed
 
 
+# Precisions whose lowering (Q/DQ around the node) a fused op would hide from the backend.
+QUANTIZED = frozenset({"int8", "int4-weight"})
+
+
 def _try(graph: Graph, rule: Rule, node: Node, ctx: Any, st: RuleStats) -> int:
     reason = None
     for m in rule.match(node, graph):
         if any("fusion_group" in n.meta for n in m.nodes):
             reason = "node already in a fusion group"
+            continue
+        if any(n.meta.get("precision") in QUANTIZED for n in m.nodes):
+            reason = "node runs quantized: its Q/DQ pattern is left for the backend to fuse"
             continue
         if not rule.allow_shared_intermediates and _shared_intermediate(m):
             reason = "intermediate value used outside the pattern"

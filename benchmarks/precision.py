@@ -1,0 +1,158 @@
+"""Mixed precision on OpenVINO CPU: edgec "mixed" vs FP32 vs NNCF's default `nncf.quantize`.
+
+For each model: the FP32 ONNX, edgec's mixed-INT8 Q/DQ graph (host profile, openvino backend)
+and NNCF's default post-training quantization of the same model with the same calibration
+samples, all compiled by OpenVINO for CPU. Latency: median of `--runs` (>= 10) runs,
+interleaved FP32 / edgec / NNCF so machine load hits all three alike. Accuracy: cosine vs FP32
+on held-out inputs (and top-1 on the digits test split for the trained models).
+
+    python -m benchmarks.precision [--models digits_cnn,cnn,siglip] [--runs 15]
+
+Numbers, not asserts. Goals: conv-heavy >= 1.4x faster than FP32, never slower than FP32,
+accuracy loss <= NNCF's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from compiler.onnx_io import export_onnx, import_onnx
+from compiler.precision_api import apply_precision
+from targets.devices import get_profile
+
+THREADS = 2
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _case(name: str, batch: int):
+    """(fp32 path, calibration feeds, eval feeds, labels or None, constraints)."""
+    if name.startswith("digits"):
+        from compiler import trained
+
+        d = trained.digits_data()
+        calib = trained.calibration_feeds(128, 16)
+        evals = [{"pixel_values": d["test_x"][i:i + batch]}
+                 for i in range(0, len(d["test_x"]) - batch + 1, batch)]
+        return trained.get(name), calib, evals, d["test_y"], {"batch": batch}
+    from compiler import zoo
+
+    path = zoo.get(name)
+    n_cal = 4 if name == "siglip" else 16
+    calib = [zoo.example_inputs(name, batch, seed=100 + i) for i in range(n_cal)]
+    evals = [zoo.example_inputs(name, batch, seed=i) for i in range(2)]
+    cons = {"sensitivity_samples": 2 if name == "siglip" else 8, "batch": batch}
+    return path, calib, evals, None, cons
+
+
+def _ov(core, model, cfg=None):
+    return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS, **(cfg or {})})
+
+
+def _nncf(core, path, calib):
+    """NNCF's default quantize; where it fails (NNCF 3.4 raises KeyError on SigLIP's position
+    embedding Gather), its transformer preset, which is what a user would try next."""
+    import nncf
+
+    try:
+        return nncf.quantize(core.read_model(str(path)), nncf.Dataset(calib),
+                             subset_size=len(calib)), "nncf default"
+    except Exception:
+        return nncf.quantize(core.read_model(str(path)), nncf.Dataset(calib),
+                             subset_size=len(calib),
+                             model_type=nncf.ModelType.TRANSFORMER), "nncf transformer"
+
+
+def _outputs(compiled, evals) -> list[np.ndarray]:
+    return [np.asarray(compiled(feeds)[0]) for feeds in evals]
+
+
+def run(name: str, runs: int, batch: int) -> list[dict]:
+    import openvino as ov
+
+    core = ov.Core()
+    path, calib, evals, labels, cons = _case(name, batch)
+    t0 = time.perf_counter()
+    g = import_onnx(str(path))
+    report = apply_precision(g, get_profile("host"), "openvino", "mixed", calib, cons)
+    edgec_s = time.perf_counter() - t0
+    mixed = export_onnx(g)
+    variants = {"fp32": _ov(core, core.read_model(str(path))),
+                "edgec mixed": _ov(core, core.read_model(mixed.SerializeToString(), b""))}
+    nncf_err = ""
+    try:
+        t0 = time.perf_counter()
+        qmodel, label = _nncf(core, path, calib)
+        variants[label] = _ov(core, qmodel)
+        nncf_s = time.perf_counter() - t0
+    except Exception as e:  # nncf missing or failing: report, don't hide
+        nncf_err, nncf_s = f"{type(e).__name__}: {e}"[:120], 0.0
+    x = evals[0]
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for c in variants.values():
+        c(x)  # warm up
+    for _ in range(runs):
+        for k, c in variants.items():
+            t = time.perf_counter()
+            c(x)
+            times[k].append(time.perf_counter() - t)
+    outs = {k: _outputs(c, evals) for k, c in variants.items()}
+    base = float(np.median(times["fp32"]))
+    rows = []
+    for k in variants:
+        med = float(np.median(times[k]))
+        row = {"model": name, "variant": k, "ms": med * 1e3, "speedup": base / med,
+               "cosine": min(_cos(a, b) for a, b in zip(outs[k], outs["fp32"]))}
+        if labels is not None:
+            pred = np.concatenate([np.argmax(o, -1) for o in outs[k]])
+            row["top1"] = float(np.mean(pred == labels[:len(pred)]) * 100)
+        if k == "edgec mixed":
+            t = report["totals"]
+            row["int8"] = f"{t['int8']}/{t['layers']}"
+            row["prep_s"] = edgec_s
+        elif k.startswith("nncf"):
+            row["prep_s"] = nncf_s
+        rows.append(row)
+    if nncf_err:
+        rows.append({"model": name, "variant": "nncf default", "error": nncf_err})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="digits_cnn,digits_vit,cnn,siglip")
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=0, help="0: 64 for digits, 8 cnn, 1 siglip")
+    args = ap.parse_args([] if argv is None else argv)  # `python -m benchmarks` passes none
+    runs = max(10, args.runs)
+    print(f"OpenVINO CPU, {THREADS} threads, median of {runs} interleaved runs; ratio = fp32 / "
+          "variant latency; cosine = worst over held-out batches vs fp32\n")
+    print(f"{'model':<11} {'variant':<16} {'ms':>9} {'x fp32':>7} {'cosine':>9} {'top-1':>6} "
+          f"{'int8':>6} {'prep s':>7}")
+    for name in [m for m in args.models.split(",") if m]:
+        batch = args.batch or (64 if name.startswith("digits") else 8 if name == "cnn" else 1)
+        try:
+            rows = run(name, runs, batch)
+        except Exception as e:
+            print(f"{name:<11} skipped: {type(e).__name__}: {str(e)[:100]}")
+            continue
+        for r in rows:
+            if "error" in r:
+                print(f"{r['model']:<11} {r['variant']:<16} failed: {r['error']}")
+                continue
+            top1 = f"{r['top1']:.2f}" if "top1" in r else "-"
+            prep = f"{r['prep_s']:.1f}" if "prep_s" in r else "-"
+            print(f"{r['model']:<11} {r['variant']:<16} {r['ms']:9.3f} {r['speedup']:7.2f} "
+                  f"{r['cosine']:9.6f} {top1:>6} {r.get('int8', '-'):>6} {prep:>7}", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

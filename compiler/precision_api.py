@@ -1,0 +1,321 @@
+"""`apply_precision`: the one entry point compile() calls for precision (see passes/precision).
+
+precision:
+- "fp32": nothing changes;
+- "fp16" / "bf16": every Conv/MatMul/Gemm runs in half precision (Cast in, weights converted,
+  Cast out; round trips between consecutive layers folded);
+- "int4-weight": MatMul/Gemm weights block-wise INT4 (DequantizeLinear block_size at opset >= 21,
+  else com.microsoft MatMulNBits), activations float;
+- "int8": every Conv/MatMul/Gemm INT8 Q/DQ (what an INT8-only NPU needs), no budget;
+- "mixed": INT8 where the target's int8 kernel is predicted faster and the accuracy budget
+  allows; the other layers in the target's best float precision (fp16 where the main unit has
+  faster fp16, else fp32).
+
+constraints (all optional):
+- "min_sqnr_db" (default 25): output SQNR vs FP32 on the calibration set the mixed model must
+  keep; as a budget on summed relative noise, 10^(-min_sqnr_db/10);
+- "max_metric_loss" (default 0.01): the budget when a `metric(reference, outputs) -> loss`
+  callback is given (lists of output dicts, one per sample; lower is better);
+- "calibration_method": "minmax" | "percentile" (default) | "entropy"; "percentile" (99.999);
+- "sensitivity_samples" (default 32): calibration samples kept for sensitivity and checks;
+- "keep_float": node names never quantized; "int4_block_size": 32 (default) | 64 | 128;
+- "batch": the deployment batch size the speed proxy judges layers at (default: the batch of
+  the calibration samples; assumes the first input's leading dim is the batch).
+
+`calibration`: an iterable of feed dicts, or a folder / file path for `compiler.calib_data`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import ConstraintError
+from compiler.ir import Graph, Node
+from passes import quantize as qz
+from passes.calibration import collect
+from passes.precision import (
+    RooflineProxy,
+    candidate_layers,
+    choose_prefix,
+    layer_info,
+    order_layers,
+)
+from passes.sensitivity import Sensitivity, evaluate, layer_sensitivity
+
+__all__ = ["apply_precision", "PRECISIONS", "DEFAULTS", "top1_disagreement"]
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
+DEFAULTS = {"min_sqnr_db": 25.0, "max_metric_loss": 0.01, "calibration_method": "percentile",
+            "percentile": 99.999, "sensitivity_samples": 32, "int4_block_size": 32}
+
+
+def _name_nodes(graph: Graph) -> None:
+    seen: set[str] = set()
+    for n in graph:
+        if not n.name or n.name in seen:
+            n.name = graph.unique_name(n.op_type)
+        seen.add(n.name)
+
+
+def _backend_name(backend: Any) -> str:
+    if backend is None:
+        return "onnxruntime"
+    return backend if isinstance(backend, str) else getattr(backend, "name", "onnxruntime")
+
+
+def _float_precision(profile, precision: str) -> str:
+    """The float precision non-int8 layers get in "mixed": fp16 where it computes faster."""
+    if precision == "mixed" and "fp16" in profile.precisions and \
+            profile.peak("fp16") > 1.5 * max(profile.peak("fp32"), 1.0):
+        return "fp16"
+    return "fp32"
+
+
+def _as_samples(calibration: Any, graph: Graph) -> Iterable[Mapping]:
+    if isinstance(calibration, (str, os.PathLike)):
+        from compiler.calib_data import load_calibration
+
+        return load_calibration(calibration, graph)
+    if isinstance(calibration, Mapping):
+        return [calibration]
+    return calibration
+
+
+def _kept_float_ops(graph: Graph) -> dict[str, int]:
+    c = Counter(n.op_type for n in graph if n.op_type in qz.KEEP_FLOAT)
+    return dict(sorted(c.items()))
+
+
+def top1_disagreement(reference: list[dict], outputs: list[dict]) -> float:
+    """Fraction of samples whose arg-max class (first output, last axis) changed.
+
+    The default accuracy metric when no labelled metric is given: a model's top-1 accuracy
+    cannot drop by more than the fraction of predictions that changed, so bounding this bounds
+    the accuracy drop for classifiers without needing labels.
+    """
+    changed = total = 0
+    for ref, out in zip(reference, outputs):
+        name = next(iter(ref))
+        a, b = np.asarray(ref[name]), np.asarray(out[name])
+        a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        changed += int(np.sum(a.argmax(-1) != b.argmax(-1)))
+        total += a.shape[0]
+    return changed / max(total, 1)
+
+
+def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
+                    constraints: dict | None, *, metric: Callable | None = None,
+                    proxy: Any = None) -> dict:
+    """Assign and lower per-layer precision in place; returns the manifest's report.
+
+    `proxy`: a speed proxy with `layer_time(layer, precision, profile) -> (s, why)` (default
+    `passes.precision.RooflineProxy`); the cost model can pass itself here.
+    """
+    if precision not in PRECISIONS:
+        raise ConstraintError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    opts = {**DEFAULTS, **(constraints or {})}
+    be = _backend_name(backend)
+    _name_nodes(graph)
+    cands = candidate_layers(graph)
+    report: dict[str, Any] = {"precision": precision, "target": profile.name, "backend": be,
+                              "layers": {}, "budget": {}, "totals": {},
+                              "kept_float_ops": _kept_float_ops(graph)}
+    layers = report["layers"]
+    if precision == "fp32" or not cands:
+        for n in cands:
+            layers[n.name] = {"op": n.op_type, "precision": "fp32", "sensitivity": None,
+                              "reason": "fp32 requested"}
+        report["totals"] = {"layers": len(cands), "fp32": len(cands)}
+        return report
+    if precision in ("fp16", "bf16"):  # the whole graph, schema-driven (passes.fp16)
+        from passes.fp16 import to_fp16
+
+        graph.swap_contents(to_fp16(graph, dtype=precision))
+        half = {n.name for n in graph.all_nodes() if n.meta.get("precision") == precision}
+        for n in cands:
+            ok = n.name in half
+            layers[n.name] = {"op": n.op_type, "precision": precision if ok else "fp32",
+                              "sensitivity": None, "reason": f"{precision} requested" if ok
+                              else f"the op's ONNX schema at this opset has no {precision} type"}
+        done = sum(1 for n in cands if n.name in half)
+        report["totals"] = {"layers": len(cands), precision: done, "fp32": len(cands) - done}
+        return report
+    if precision == "int4-weight":
+        if graph.opset_imports.get("", 0) < 21 and be not in ("onnxruntime", "openvino"):
+            _upgrade_opset(graph, 21)  # MatMulNBits is ORT/OpenVINO only: use standard DQ
+            cands = candidate_layers(graph)
+        return _int4(graph, cands, opts, report)
+    if calibration is None:
+        raise ConstraintError(
+            f"precision {precision!r} needs calibration data to set activation ranges: pass "
+            "calibration= (an iterable of input dicts) or --calib DIR (.npy/.npz files)")
+    return _int8(graph, profile, be, precision, _as_samples(calibration, graph), opts, metric,
+                 proxy or RooflineProxy(), cands, report)
+
+
+def _upgrade_opset(graph: Graph, opset: int) -> None:
+    """Convert the graph in place to `opset` with onnx's version converter."""
+    import onnx
+
+    from compiler.onnx_io import export_onnx, import_onnx
+
+    try:
+        model = onnx.version_converter.convert_version(export_onnx(graph), opset)
+    except Exception as e:
+        raise ConstraintError(
+            f"int4-weight needs DequantizeLinear with block_size (opset {opset}); converting "
+            f"the model from opset {graph.opset_imports.get('')} failed ({e}); choose the "
+            "onnxruntime or openvino backend (MatMulNBits) or export at opset 21") from None
+    model.ir_version = max(model.ir_version, 10)
+    graph.swap_contents(import_onnx(model, base_dir=graph.model.base_dir))
+    graph.model.ir_version = model.ir_version
+
+
+def _int4(graph: Graph, cands: list[Node], opts: dict, report: dict) -> dict:
+    block = int(opts["int4_block_size"])
+    if block not in (16, 32, 64, 128):
+        raise ConstraintError(f"int4_block_size must be 16, 32, 64 or 128, not {block}")
+    n4 = 0
+    for n in list(cands):
+        name, op = n.name, n.op_type
+        form = qz.lower_int4_weight(graph, n, block)
+        if form is None:
+            why = ("activations are float in int4-weight mode" if op == "Conv" or
+                   qz.weight_input(n) is None else
+                   f"weight's K is not a multiple of the block size {block}")
+            report["layers"][name] = {"op": op, "precision": "fp32", "sensitivity": None,
+                                      "reason": f"stays fp32: {why}"}
+        else:
+            n4 += 1
+            report["layers"][name] = {"op": op, "precision": "int4-weight", "sensitivity": None,
+                                      "reason": f"int4 weights, block {block}, as {form}"}
+    report["totals"] = {"layers": len(cands), "int4-weight": n4, "fp32": len(cands) - n4,
+                        "block_size": block}
+    return report
+
+
+def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapping],
+          opts: dict, metric, proxy, cands: list[Node], report: dict) -> dict:
+    index = {n.name: i for i, n in enumerate(graph)}
+    tensors = []
+    for n in cands:
+        tensors += [n.inputs[i].name for i in qz.activation_inputs(n)] + [n.outputs[0].name]
+    method = opts["calibration_method"]
+    kw = {"percentile": float(opts["percentile"])} if method == "percentile" else {}
+    calib = collect(graph, tensors, samples, method, keep=int(opts["sensitivity_samples"]),
+                    **kw)
+    unit = profile.main_unit
+    act_dtype = qz.T.INT8 if be == "tensorrt" else qz.T.UINT8
+    reduce_range = be == "onnxruntime" and unit.kind == "cpu" and not (
+        {"avx512_vnni", "avx_vnni", "amx_int8"} & set(unit.isa)) and unit.isa and \
+        "avx2" in unit.isa
+
+    def lower(g: Graph, node: Node) -> dict:
+        return qz.lower_int8(g, node, calib.ranges, act_dtype=act_dtype,
+                             symmetric_act=be == "tensorrt", reduce_range=reduce_range)
+
+    fprec = _float_precision(profile, precision)
+    scale = 1.0
+    if opts.get("batch"):
+        first = next(iter(calib.samples[0].values()))
+        scale = float(opts["batch"]) / max(int(first.shape[0]) if first.ndim else 1, 1)
+    infos = {n.name: layer_info(n, index[n.name], calib.shapes, scale) for n in cands}
+    times, whys = {}, {}
+    for name, info in infos.items():
+        tf, _ = proxy.layer_time(info, fprec, profile)
+        ti, why = proxy.layer_time(info, "int8", profile)
+        times[name], whys[name] = (tf, ti), why
+    gains = {k: t[0] - t[1] for k, t in times.items()}
+    keep_float = set(opts.get("keep_float") or ())
+    float_only = "fp32" not in profile.precisions and "fp16" not in profile.precisions
+    sens: dict[str, Sensitivity] = {}
+    checks: list = []
+    order: list[str] = []
+    budget_info: dict[str, Any] = {}
+    if precision == "int8" or float_only:
+        chosen = [n.name for n in cands]
+        budget_info = {"kind": "none", "why": "int8 requested" if precision == "int8" else
+                       f"{profile.name} computes int8 only"}
+    else:
+        eligible = [k for k in infos if gains[k] > 0 and k not in keep_float]
+        sens = layer_sensitivity(graph, eligible, lower, calib, metric)
+        if metric is not None:
+            costs = {k: float(s.metric) for k, s in sens.items()}
+            budget = float(opts["max_metric_loss"])
+            budget_info = {"kind": "metric", "max_metric_loss": budget}
+        else:
+            costs = {k: s.noise for k, s in sens.items()}
+            budget = 10 ** (-float(opts["min_sqnr_db"]) / 10)
+            budget_info = {"kind": "sqnr", "min_sqnr_db": float(opts["min_sqnr_db"]),
+                           "max_relative_noise": budget}
+        order = order_layers(costs, gains, index)
+
+        def measure(names) -> float:
+            from passes.sensitivity import clone
+
+            g = clone(graph)
+            for n in [x for x in g if x.name in set(names)]:
+                lower(g, n)
+            s = evaluate(g, calib, metric)
+            return float(s.metric) if metric is not None else s.noise
+
+        chosen, checks = choose_prefix(order, costs, budget, measure)
+        budget_info["predicted"] = sum(costs[k] for k in chosen)
+        budget_info["checks"] = [{"layers": k, "measured": v} for k, v in checks]
+    chosen_set = set(chosen)
+    qparams = {}
+    for n in [x for x in graph if x.name in chosen_set]:
+        qparams[n.name] = {"activation_qparams": lower(graph, n)["activations"]}
+    if fprec != "fp32":
+        for n in [x for x in graph if x.name in set(infos) - chosen_set]:
+            qz.lower_float(graph, n, fprec)
+        qz.fold_cast_pairs(graph)
+    final = evaluate(graph, calib, metric) if chosen else Sensitivity(0.0, math.inf, 1.0)
+    budget_info["measured"] = final.to_dict()
+    dropped = set(order[:checks[0][0]]) - chosen_set if checks else set()
+    for name, info in infos.items():
+        tf, ti = times[name]
+        s = sens.get(name)
+        entry = {"op": info.op_type, **info.to_dict(),
+                 "predicted_ms": {fprec: tf * 1e3, "int8": ti * 1e3 if math.isfinite(ti)
+                                  else None},
+                 "sensitivity": s.to_dict() if s else None}
+        if name in chosen_set:
+            entry["precision"] = "int8"
+            entry["reason"] = ("int8 requested" if precision == "int8" else
+                               f"int8: predicted {tf / ti:.2f}x faster, within the budget"
+                               if math.isfinite(ti) and ti > 0 else "int8")
+        else:
+            entry["precision"] = fprec
+            if name in keep_float:
+                why = "kept float by the user (keep_float)"
+            elif gains[name] <= 0:
+                why = (f"int8 not faster on {profile.name}: " + (whys[name] or (
+                    "the Q/DQ overhead exceeds the int8 compute saving (memory-bound or "
+                    "tiny layer)")))
+            elif name in dropped:
+                why = "the end-to-end check on the calibration set exceeded the budget"
+            else:
+                why = "quantizing it would exceed the accuracy budget"
+            entry["reason"] = f"stays {fprec}: {why}"
+        entry.update(qparams.get(name, {}))
+        report["layers"][name] = entry
+    t_float = sum(t[0] for t in times.values())
+    t_mixed = sum(times[k][1] if k in chosen_set else times[k][0] for k in times)
+    report["budget"] = budget_info
+    report["calibration"] = {"method": calib.method, "samples": calib.n_samples,
+                             "kept_for_sensitivity": len(calib.samples)}
+    report["totals"] = {"layers": len(infos), "int8": len(chosen_set),
+                        fprec: len(infos) - len(chosen_set),
+                        "predicted_speedup_quantizable_layers":
+                            t_float / t_mixed if t_mixed > 0 else 1.0,
+                        "measured_sqnr_db": budget_info["measured"]["sqnr_db"],
+                        "measured_cosine": final.cosine, "proxy": type(proxy).__name__}
+    return report
+

@@ -1,0 +1,227 @@
+"""Streaming activation statistics with ONNX Runtime, in bounded memory.
+
+The model is run once over the calibration samples with the tensors of interest added as extra
+graph outputs; each batch updates one observer per tensor and is then dropped, so memory is
+O(#tensors x bins), not O(#samples). Observers:
+
+- `minmax`: running min and max;
+- `percentile`: a fixed-size histogram; [lo, hi] are the (100 - p) and p percentiles;
+- `entropy`: the TensorRT / ONNX Runtime KL method on the magnitude histogram: the threshold t
+  minimises KL(P || Q) where P is the histogram clipped at t (outliers folded into the last bin)
+  and Q is P requantized to the number of int8 levels; [lo, hi] = [max(min, -t), min(max, t)].
+
+The histogram never stores samples: when a batch falls outside [lo, hi] the range doubles
+towards it and adjacent bin pairs merge, which is exact, so the histogram of a stream equals
+(up to that merging) the histogram of all its samples.
+
+`collect` also keeps the FP32 outputs of the first `keep` samples (and those samples), which
+the sensitivity analysis compares quantized models against.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from compiler.errors import ConstraintError
+from compiler.ir import Graph
+
+__all__ = ["CalibrationResult", "HistogramObserver", "MinMaxObserver", "collect",
+           "make_observer", "make_session", "run_model", "METHODS"]
+
+METHODS = ("minmax", "percentile", "entropy")
+
+
+class MinMaxObserver:
+    """Running min and max of every value seen."""
+
+    def __init__(self) -> None:
+        self.min, self.max = np.inf, -np.inf
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x)
+        if x.size:
+            self.min = min(self.min, float(np.nanmin(x)))
+            self.max = max(self.max, float(np.nanmax(x)))
+
+    def range(self) -> tuple[float, float]:
+        if not np.isfinite(self.min):
+            return 0.0, 0.0
+        return self.min, self.max
+
+
+class HistogramObserver(MinMaxObserver):
+    """A `bins`-bin histogram over a range that grows by exact doubling."""
+
+    def __init__(self, method: str = "percentile", bins: int = 2048,
+                 percentile: float = 99.99, levels: int | None = None) -> None:
+        super().__init__()
+        if bins % 2:
+            raise ValueError("bins must be even")
+        self.method, self.bins, self.percentile, self.levels = method, bins, percentile, levels
+        self.hist: np.ndarray | None = None
+        self.lo = self.hi = 0.0
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float32).ravel()
+        x = x[np.isfinite(x)]
+        if not x.size:
+            return
+        mn, mx = float(x.min()), float(x.max())
+        self.min, self.max = min(self.min, mn), max(self.max, mx)
+        if self.hist is None:
+            width = mx - mn
+            if width <= 0:
+                width = max(abs(mx), 1e-6) * 1e-3
+            self.lo, self.hi = mn, mn + width
+            self.hist = np.zeros(self.bins, np.int64)
+        while mn < self.lo or mx > self.hi:
+            self._grow(mn, mx)
+        h, _ = np.histogram(x, bins=self.bins, range=(self.lo, self.hi))
+        self.hist += h
+
+    def _grow(self, mn: float, mx: float) -> None:
+        assert self.hist is not None
+        width = self.hi - self.lo
+        merged = self.hist.reshape(-1, 2).sum(axis=1)
+        new = np.zeros_like(self.hist)
+        if mx - self.hi >= self.lo - mn:
+            new[: self.bins // 2] = merged
+            self.hi = self.lo + 2 * width
+        else:
+            new[self.bins // 2:] = merged
+            self.lo = self.hi - 2 * width
+        self.hist = new
+
+    def _edges(self) -> np.ndarray:
+        return np.linspace(self.lo, self.hi, self.bins + 1)
+
+    def range(self) -> tuple[float, float]:
+        if self.hist is None or self.hist.sum() == 0:
+            return super().range()
+        if self.method == "percentile":
+            return self._percentile_range()
+        if self.method == "entropy":
+            return self._entropy_range()
+        return super().range()
+
+    def _percentile_range(self) -> tuple[float, float]:
+        cdf = np.cumsum(self.hist) / self.hist.sum()
+        edges = self._edges()
+        q = self.percentile / 100.0
+        lo = edges[int(np.searchsorted(cdf, 1.0 - q))]
+        hi = edges[min(int(np.searchsorted(cdf, q)) + 1, self.bins)]
+        return max(self.min, float(lo)), min(self.max, float(hi))
+
+    def _entropy_range(self) -> tuple[float, float]:
+        assert self.hist is not None
+        edges = self._edges()
+        centers = np.abs((edges[:-1] + edges[1:]) / 2)
+        amax = max(abs(self.lo), abs(self.hi))
+        nb = self.bins // 2
+        mag, _ = np.histogram(centers, bins=nb, range=(0, amax), weights=self.hist)
+        levels = self.levels or (255 if self.min >= 0 else 128)
+        best, best_t = np.inf, amax
+        for i in range(levels, nb + 1, max(1, (nb - levels) // 64)):
+            p = mag[:i].astype(np.float64).copy()
+            p[-1] += mag[i:].sum()
+            chunks = np.array_split(np.arange(i), levels)
+            q = np.zeros(i)
+            for c in chunks:
+                nz = p[c] > 0
+                if nz.any():
+                    q[c[nz]] = p[c].sum() / nz.sum()
+            ps, qs = p / p.sum(), q / max(q.sum(), 1e-30)
+            m = ps > 0
+            kl = float(np.sum(ps[m] * np.log(ps[m] / np.maximum(qs[m], 1e-30))))
+            if kl < best - 1e-12:
+                best, best_t = kl, (i / nb) * amax
+        return max(self.min, -best_t), min(self.max, best_t)
+
+
+def make_observer(method: str = "minmax", **kw) -> MinMaxObserver:
+    """An observer for `method` in METHODS; `kw` goes to HistogramObserver."""
+    if method == "minmax":
+        return MinMaxObserver()
+    if method in ("percentile", "entropy"):
+        return HistogramObserver(method, **kw)
+    raise ConstraintError(f"unknown calibration method {method!r}; choose one of {METHODS}")
+
+
+# ---------------------------------------------------------------------------------------------
+def make_session(model: onnx.ModelProto | bytes, threads: int = 2, optimize: bool = True):
+    """An ONNX Runtime CPU session with a fixed thread count (deterministic partitioning)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def run_model(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+
+
+@dataclass
+class CalibrationResult:
+    """Per-tensor ranges and shapes, plus kept samples and their FP32 outputs."""
+
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    samples: list[dict[str, np.ndarray]] = field(default_factory=list)
+    reference: list[dict[str, np.ndarray]] = field(default_factory=list)
+    n_samples: int = 0
+    method: str = "minmax"
+
+
+def _augmented(graph: Graph, names: Iterable[str]) -> onnx.ModelProto:
+    from compiler.onnx_io import export_onnx
+
+    model = export_onnx(graph)
+    have = {o.name for o in model.graph.output}
+    types = {v.name: v.dtype for v in graph.values()}
+    for n in names:
+        if n not in have:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(
+                n, types.get(n) or onnx.TensorProto.FLOAT, None))
+            have.add(n)
+    return model
+
+
+def collect(graph: Graph, tensors: Iterable[str], calibration: Iterable[Mapping],
+            method: str = "minmax", *, keep: int = 32, max_samples: int | None = None,
+            threads: int = 2, **observer_kw) -> CalibrationResult:
+    """Run `graph` over `calibration` (feed dicts) and observe `tensors` (value names)."""
+    tensors = list(dict.fromkeys(tensors))
+    outputs = [o.name for o in graph.outputs]
+    sess = make_session(_augmented(graph, tensors))
+    obs = {t: make_observer(method, **observer_kw) for t in tensors}
+    res = CalibrationResult(method=method)
+    it = iter(calibration)
+    if max_samples is not None:
+        it = itertools.islice(it, max_samples)
+    for feeds in it:
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        got = run_model(sess, feeds)
+        for t in tensors:
+            obs[t].update(got[t])
+            res.shapes.setdefault(t, tuple(got[t].shape))
+        if len(res.samples) < keep:
+            res.samples.append(feeds)
+            res.reference.append({o: got[o] for o in outputs})
+        res.n_samples += 1
+    if res.n_samples == 0:
+        raise ConstraintError("the calibration data holds no samples")
+    res.ranges = {t: tuple(float(x) for x in o.range()) for t, o in obs.items()}
+    return res

@@ -1,0 +1,148 @@
+"""Precision assignment: target rules, budget monotonicity, determinism, report, the pass."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from compiler import trained
+from compiler.onnx_io import export_onnx, import_onnx
+from compiler.precision_api import apply_precision
+from passes.base import PassContext, get_pass
+from passes.precision import LayerInfo, RooflineProxy, choose_prefix, order_layers
+from targets.devices import Sourced, get_profile
+
+
+def no_vnni_host():
+    """The host profile as an AVX2+FMA CPU without VNNI (int8 peak 1.8x fp32)."""
+    prof = get_profile("host")
+    u = prof.main_unit
+    isa = tuple(i for i in u.isa if "vnni" not in i and "amx" not in i)
+    peaks = dict(u.peak_ops)
+    peaks["int8"] = Sourced(peaks["fp32"].value * 1.8, "estimated: AVX2 vpmaddubsw ~2x fp32")
+    return dataclasses.replace(prof, compute_units=(dataclasses.replace(u, isa=isa,
+                                                                        peak_ops=peaks),))
+
+
+def vnni_host():
+    prof = get_profile("host")
+    u = prof.main_unit
+    isa = tuple(dict.fromkeys((*u.isa, "avx512_vnni")))
+    peaks = dict(u.peak_ops)
+    peaks["int8"] = Sourced(peaks["fp32"].value * 4, "estimated: VNNI 4x fp32")
+    return dataclasses.replace(prof, compute_units=(dataclasses.replace(u, isa=isa,
+                                                                        peak_ops=peaks),))
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return trained.get("digits_cnn")
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return trained.get("digits_vit")
+
+
+def _apply(path, profile, constraints=None, precision="mixed"):
+    g = import_onnx(str(path))
+    rep = apply_precision(g, profile, "openvino", precision,
+                          trained.calibration_feeds(32, 8), constraints or {})
+    return g, rep
+
+
+def _int8(rep):
+    return {k for k, v in rep["layers"].items() if v["precision"] == "int8"}
+
+
+def test_no_vnni_cpu_keeps_small_and_depthwise_convs_and_attention_float(cnn, vit):
+    prof = no_vnni_host()
+    _, rep = _apply(cnn, prof)
+    lay = rep["layers"]
+    dw = next(v for v in lay.values() if v["depthwise"])
+    assert dw["precision"] == "fp32" and "depthwise" in dw["reason"]
+    first = next(iter(lay.values()))  # 3x3 conv on 1 channel: reduction 9
+    assert first["precision"] == "fp32" and "reduction of 9" in first["reason"]
+    assert rep["totals"]["int8"] >= 2  # the big convs still pay
+    _, rep = _apply(vit, prof)
+    att = [v for v in rep["layers"].values() if v["dynamic"]]
+    assert len(att) == 4 and all(v["precision"] == "fp32" and "attention" in v["reason"]
+                                 for v in att)
+    # with VNNI the same attention MatMuls are judged on the roofline, not by rule
+    _, rep = _apply(vit, vnni_host())
+    assert all("attention" not in v["reason"] for v in rep["layers"].values())
+
+
+def test_budget_monotone_and_deterministic(cnn):
+    prof = vnni_host()
+    sets = []
+    for db in (20.0, 36.0, 40.0, 44.0, 60.0):
+        _, rep = _apply(cnn, prof, {"min_sqnr_db": db, "calibration_method": "minmax"})
+        sets.append(_int8(rep))
+        assert rep["budget"]["min_sqnr_db"] == db
+        if rep["totals"]["int8"]:
+            assert rep["budget"]["measured"]["sqnr_db"] >= db
+    for looser, tighter in zip(sets, sets[1:]):
+        assert tighter <= looser
+    assert len(sets[0]) > len(sets[-1])  # the budget really binds somewhere
+    g1, r1 = _apply(cnn, prof, {"min_sqnr_db": 40.0})
+    g2, r2 = _apply(cnn, prof, {"min_sqnr_db": 40.0})
+    assert r1 == r2
+    assert export_onnx(g1).SerializeToString() == export_onnx(g2).SerializeToString()
+
+
+def test_user_metric_budget(cnn):
+    import numpy as np
+
+    def disagreement(ref, out):
+        a = np.concatenate([np.argmax(r["logits"], -1) for r in ref])
+        b = np.concatenate([np.argmax(o["logits"], -1) for o in out])
+        return float(np.mean(a != b))
+
+    g = import_onnx(str(cnn))
+    rep = apply_precision(g, vnni_host(), "openvino", "mixed", trained.calibration_feeds(32, 8),
+                          {"max_metric_loss": 0.0}, metric=disagreement)
+    assert rep["budget"]["kind"] == "metric" and rep["budget"]["measured"]["metric"] == 0.0
+    assert all(v["sensitivity"] is None or "metric" in v["sensitivity"]
+               for v in rep["layers"].values())
+
+
+def test_prefix_rule_is_monotone_even_when_greedy_would_not_be():
+    costs = {"a": 5.0, "b": 1.0, "c": 1.0}
+    gains = {"a": 10.0, "b": 1.0, "c": 1.0, "d": -1.0}
+    order = order_layers(costs, gains, {"a": 0, "b": 1, "c": 2, "d": 3})
+    assert order == ["a", "b", "c"]  # 0.5, 1.0, 1.0 per unit gain; d is never a candidate
+    # budget 5.5 takes a; budget 4 takes nothing (a greedy skip-and-continue would take b, c)
+    assert choose_prefix(order, costs, 5.5)[0] == ["a"]
+    assert choose_prefix(order, costs, 4.0)[0] == []
+    # a failing end-to-end check shortens the prefix
+    got, checks = choose_prefix(order, costs, 7.0, measure=lambda names: 3.0 * len(names))
+    assert got == ["a", "b"] and checks == [(3, 9.0), (2, 6.0)]
+
+
+def test_proxy_rules():
+    prof, proxy = no_vnni_host(), RooflineProxy()
+    big = LayerInfo("c", "Conv", 0, 50e6, 64 * 64 * 9, 64 * 32 * 32, 64 * 32 * 32, 576, False,
+                    False)
+    dw = dataclasses.replace(big, macs=64 * 32 * 32 * 9, weight_elems=576, reduction=9,
+                             depthwise=True)
+    t = {lay.name + str(lay.depthwise): (proxy.layer_time(lay, "fp32", prof)[0],
+                                         proxy.layer_time(lay, "int8", prof)[0])
+         for lay in (big, dw)}
+    assert t["cFalse"][1] < t["cFalse"][0]  # a big conv gains
+    assert t["cTrue"][1] > t["cTrue"][0]  # a depthwise conv loses
+    npu = get_profile("ethos-u55-128")
+    assert proxy.layer_time(big, "fp32", npu)[0] > 0  # no fp32 peak: judged at int8 rate
+
+
+def test_pass_registered_and_reports(cnn):
+    p = get_pass("precision", precision="mixed", min_sqnr_db=30.0)
+    g = import_onnx(str(cnn))
+    ctx = PassContext(profile=no_vnni_host(), backend="openvino",
+                      options={"calibration": trained.calibration_feeds(16, 8)})
+    res = p.run(g, ctx)
+    rep = res.stats["report"]
+    assert res.modified and rep["budget"]["min_sqnr_db"] == 30.0
+    for v in rep["layers"].values():
+        assert set(v) >= {"precision", "sensitivity", "reason"}

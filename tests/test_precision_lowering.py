@@ -1,0 +1,220 @@
+"""Q/DQ and Cast lowering (passes/quantize), observers (passes/calibration), calib_data."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from compiler.calib_data import load_calibration
+from compiler.errors import ConstraintError
+from compiler.onnx_io import export_onnx, import_onnx
+from compiler.precision_api import apply_precision
+from passes import quantize as qz
+from passes.calibration import HistogramObserver, collect, make_session, run_model
+from targets.devices import get_profile
+
+RNG = np.random.default_rng(0)
+
+
+def _f(*shape, rng=RNG):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _model(opset: int = 17) -> onnx.ModelProto:
+    """Conv(+bias) -> Relu -> Reshape -> MatMul(const W) -> LayerNorm -> Softmax."""
+    rng = np.random.default_rng(1)
+    inits = [nh.from_array(_f(8, 3, 3, 3, rng=rng) * 0.3, "w"),
+             nh.from_array(_f(8, rng=rng), "b"),
+             nh.from_array(np.array([0, -1], np.int64), "shape"),
+             nh.from_array(_f(512, 64, rng=rng) * 0.05, "w2"),
+             nh.from_array(np.ones(64, np.float32), "gamma"),
+             nh.from_array(np.zeros(64, np.float32), "beta")]
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c"], ["r"], name="relu"),
+             h.make_node("Reshape", ["r", "shape"], ["f"], name="flat"),
+             h.make_node("MatMul", ["f", "w2"], ["m"], name="fc"),
+             h.make_node("LayerNormalization", ["m", "gamma", "beta"], ["ln"], name="ln",
+                         axis=-1),
+             h.make_node("Softmax", ["ln"], ["y"], name="softmax", axis=-1)]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 3, 8, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 64])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    m.ir_version = 10 if opset >= 21 else 8
+    return m
+
+
+def _feeds(n=6):
+    return [{"x": _f(2, 3, 8, 8)} for _ in range(n)]
+
+
+def _run(model, feeds, out="y"):
+    if out not in {o.name for o in model.graph.output}:
+        model.graph.output.append(h.make_tensor_value_info(out, T.FLOAT, None))
+    return run_model(make_session(model), feeds)[out]
+
+
+def _cos(a, b):
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def _producer(graph, node, i):
+    return node.inputs[i].producer
+
+
+def test_int8_conv_qdq_structure_and_float_ops_untouched():
+    g = import_onnx(_model())
+    rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8", _feeds(), {})
+    conv = next(n for n in g if n.name == "conv")
+    # weight: DQ(int8 [8,3,3,3], per-channel scales along axis 0)
+    wdq = _producer(g, conv, 1)
+    assert wdq.op_type == "DequantizeLinear" and wdq.attr("axis") == 0
+    assert wdq.inputs[0].const.numpy().dtype == np.int8
+    assert wdq.inputs[1].const.numpy().shape == (8,)
+    assert not wdq.inputs[2].const.numpy().any()  # symmetric: zero points 0
+    # activation: Q -> DQ, per tensor, uint8
+    adq = _producer(g, conv, 0)
+    assert adq.op_type == "DequantizeLinear" and adq.inputs[1].const.numpy().shape == ()
+    q = adq.inputs[0].producer
+    assert q.op_type == "QuantizeLinear" and q.inputs[0].name == "x"
+    assert q.inputs[2].const.numpy().dtype == np.uint8
+    # bias: int32 with scale x_scale * w_scale
+    bdq = _producer(g, conv, 2)
+    assert bdq.inputs[0].const.numpy().dtype == np.int32
+    np.testing.assert_allclose(bdq.inputs[1].const.numpy(),
+                               adq.inputs[1].const.numpy() * wdq.inputs[1].const.numpy(),
+                               rtol=1e-6)
+    # MatMul weight [K, N]: per output column, axis 1
+    fc = next(n for n in g if n.name == "fc")
+    assert _producer(g, fc, 1).attr("axis") == 1
+    # Softmax / LayerNorm keep float inputs straight from float producers
+    for name in ("ln", "softmax"):
+        n = next(x for x in g if x.name == name)
+        assert n.inputs[0].producer.op_type not in ("DequantizeLinear", "Cast")
+        assert "precision" not in n.meta
+    assert rep["kept_float_ops"] == {"LayerNormalization": 1, "Softmax": 1}
+    assert {v["precision"] for v in rep["layers"].values()} == {"int8"}
+    # numerics close to fp32, and the graph is valid ONNX
+    m = export_onnx(g)
+    onnx.checker.check_model(m)
+    x = _feeds(1)[0]
+    ref, got = _run(_model(), x), _run(m, x)
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max() + 1e-3
+
+
+def test_shared_activation_gets_one_qdq_pair():
+    w1, w2 = nh.from_array(_f(16, 4), "w1"), nh.from_array(_f(16, 4), "w2")
+    nodes = [h.make_node("MatMul", ["x", "w1"], ["a"], name="a"),
+             h.make_node("MatMul", ["x", "w2"], ["b"], name="b"),
+             h.make_node("Add", ["a", "b"], ["y"], name="add")]
+    gp = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [2, 16])],
+                      [h.make_tensor_value_info("y", T.FLOAT, [2, 4])], [w1, w2])
+    g = import_onnx(h.make_model(gp, opset_imports=[h.make_opsetid("", 17)]))
+    apply_precision(g, get_profile("host"), "onnxruntime", "int8", [{"x": _f(2, 16)}], {})
+    assert sum(n.op_type == "QuantizeLinear" for n in g) == 1
+
+
+@pytest.mark.parametrize("prec", ["fp16", "bf16"])
+def test_half_precision_whole_graph(prec):
+    """fp16/bf16 convert the whole graph (passes.fp16), where the op schemas allow it."""
+    g = import_onnx(_model())
+    rep = apply_precision(g, get_profile("host"), "onnxruntime", prec, None, None)
+    elem = qz.FLOAT_TYPES[prec]
+    conv = next(n for n in g if n.name == "conv")
+    m = export_onnx(g)
+    onnx.checker.check_model(m, full_check=True)  # types legal for every op
+    if prec == "fp16":  # ONNX Runtime's CPU kernels take fp16 Conv/MatMul, not bf16 ones
+        assert conv.inputs[1].const.dtype == elem and conv.meta["precision"] == prec
+        assert rep["totals"][prec] == 2
+        x = _feeds(1)[0]
+        ref, got = _run(_model(), x), _run(m, x)
+        assert np.abs(ref - got).max() < 1e-2
+    else:  # opset-17 Conv has no bf16 type: it stays fp32, and the report says so
+        assert conv.inputs[1].const.dtype == T.FLOAT
+        assert rep["layers"]["conv"]["precision"] == "fp32"
+
+
+def test_fold_cast_pairs_between_half_layers():
+    w1, w2 = nh.from_array(_f(16, 16), "w1"), nh.from_array(_f(16, 4), "w2")
+    nodes = [h.make_node("MatMul", ["x", "w1"], ["a"], name="a"),
+             h.make_node("MatMul", ["a", "w2"], ["y"], name="b")]
+    gp = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [2, 16])],
+                      [h.make_tensor_value_info("y", T.FLOAT, [2, 4])], [w1, w2])
+    g = import_onnx(h.make_model(gp, opset_imports=[h.make_opsetid("", 17)]))
+    apply_precision(g, get_profile("host"), "onnxruntime", "fp16", None, {})
+    assert [n.op_type for n in g] == ["Cast", "MatMul", "MatMul", "Cast"]  # no cast between
+
+
+@pytest.mark.parametrize("opset,form", [(17, "matmulnbits"), (21, "dq21")])
+def test_int4_weight_forms_run(opset, form):
+    g = import_onnx(_model(opset))
+    rep = apply_precision(g, get_profile("host"), "onnxruntime", "int4-weight", None,
+                          {"int4_block_size": 32})
+    assert rep["layers"]["fc"]["precision"] == "int4-weight" and form in \
+        rep["layers"]["fc"]["reason"]
+    assert rep["layers"]["conv"]["precision"] == "fp32"
+    m = export_onnx(g)
+    x = _feeds(1)[0]
+    ref, got = _run(_model(opset), x, "m"), _run(m, x, "m")  # the MatMul's own output
+    assert _cos(ref, got) > 0.99
+
+
+def test_int8_needs_calibration():
+    with pytest.raises(ConstraintError, match="calibration"):
+        apply_precision(import_onnx(_model()), get_profile("host"), None, "mixed", None, None)
+
+
+def test_histogram_grows_exactly_and_percentiles():
+    data = [RNG.standard_normal(5000).astype(np.float32) * s for s in (0.1, 1.0, 10.0)]
+    obs = HistogramObserver("percentile", bins=256, percentile=99.0)
+    for d in data:
+        obs.update(d)
+    allx = np.concatenate(data)
+    assert obs.hist.sum() == allx.size and obs.min == allx.min() and obs.max == allx.max()
+    lo, hi = obs.range()
+    width = (obs.hi - obs.lo) / obs.bins
+    assert abs(lo - np.percentile(allx, 1.0)) < 2 * width
+    assert abs(hi - np.percentile(allx, 99.0)) < 2 * width
+    ent = HistogramObserver("entropy", bins=2048)
+    heavy = np.concatenate([RNG.standard_normal(20000), [60.0, -45.0]]).astype(np.float32)
+    ent.update(heavy)
+    elo, ehi = ent.range()
+    assert -45 < elo < -2 and 2 < ehi < 60  # outliers clipped, the bulk kept
+
+
+def test_collect_streams_and_keeps_reference():
+    g = import_onnx(_model())
+    res = collect(g, ["r", "f"], _feeds(10), "minmax", keep=3)
+    assert res.n_samples == 10 and len(res.samples) == 3 and len(res.reference) == 3
+    assert res.ranges["r"][0] == 0.0 and res.shapes["f"] == (2, 512)
+
+
+def test_calib_folder_npz_and_npy(tmp_path):
+    g = import_onnx(_model())
+    d1 = tmp_path / "npz"
+    d1.mkdir()
+    for i in range(3):
+        np.savez(d1 / f"s{i}.npz", x=RNG.standard_normal((3, 8, 8)))  # no batch, float64
+    feeds = list(load_calibration(d1, g))
+    assert len(feeds) == 3 and feeds[0]["x"].shape == (1, 3, 8, 8)
+    assert feeds[0]["x"].dtype == np.float32
+    d2 = tmp_path / "npy"
+    d2.mkdir()
+    np.save(d2 / "a.npy", _f(2, 3, 8, 8))
+    np.save(d2 / "b.npy", _f(2, 3, 8, 8))
+    cs = load_calibration(d2, g)
+    assert len(list(cs)) == 2 and len(list(cs)) == 2  # re-iterable
+    rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8", str(d2), {})
+    assert rep["calibration"]["samples"] == 2
+
+
+def test_int4_for_other_backends_upgrades_to_standard_dq():
+    g = import_onnx(_model(17))
+    rep = apply_precision(g, get_profile("host"), "tvm", "int4-weight", None, {})
+    assert g.opset_imports[""] == 21 and "dq21" in rep["layers"]["fc"]["reason"]
+    assert not any(n.domain == "com.microsoft" for n in g)
+    x = _feeds(1)[0]
+    assert _cos(_run(_model(17), x, "m"), _run(export_onnx(g), x, "m")) > 0.99
