@@ -32,56 +32,10 @@ def _interleaved(fa, fb, runs: int = RUNS) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def _generated_graph(blocks: int):
-    """Conv+BN, decomposed LayerNorm and erf-GELU blocks: 16 nodes each."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto as T
-    from onnx import helper as h
-
-    rng = np.random.default_rng(0)
-    nodes, inits = [], []
-    x = "x"
-    c = 4
-
-    def init(name, arr):
-        inits.append(onnx.numpy_helper.from_array(np.asarray(arr, np.float32), name))
-        return name
-
-    init("eps", 1e-5)
-    init("half", 0.5)
-    init("one", 1.0)
-    init("rsqrt2", 1 / np.sqrt(2))
-    for b in range(blocks):
-        p = f"b{b}_"
-        w = init(p + "w", rng.standard_normal((c, c, 1, 1)) * 0.3)
-        bn = [init(p + k, v) for k, v in (("g", np.ones(c)), ("be", np.zeros(c)),
-                                           ("m", np.zeros(c)), ("v", np.ones(c)))]
-        nodes += [h.make_node("Conv", [x, w], [p + "c"]),
-                  h.make_node("BatchNormalization", [p + "c", *bn], [p + "bn"]),
-                  h.make_node("ReduceMean", [p + "bn"], [p + "mu"], axes=[-1]),
-                  h.make_node("Sub", [p + "bn", p + "mu"], [p + "d"]),
-                  h.make_node("Mul", [p + "d", p + "d"], [p + "sq"]),
-                  h.make_node("ReduceMean", [p + "sq"], [p + "var"], axes=[-1]),
-                  h.make_node("Add", [p + "var", "eps"], [p + "ve"]),
-                  h.make_node("Sqrt", [p + "ve"], [p + "sd"]),
-                  h.make_node("Div", [p + "d", p + "sd"], [p + "n"]),
-                  h.make_node("Mul", [p + "n", init(p + "lg", np.ones(8))], [p + "ln1"]),
-                  h.make_node("Add", [p + "ln1", init(p + "lb", np.zeros(8))], [p + "ln"]),
-                  h.make_node("Mul", [p + "ln", "rsqrt2"], [p + "s"]),
-                  h.make_node("Erf", [p + "s"], [p + "e"]),
-                  h.make_node("Add", [p + "e", "one"], [p + "e1"]),
-                  h.make_node("Mul", [p + "ln", p + "e1"], [p + "g1"]),
-                  h.make_node("Mul", [p + "g1", "half"], [p + "out"])]
-        x = p + "out"
-    g = h.make_graph(nodes, "gen", [h.make_tensor_value_info("x", T.FLOAT, [1, c, 8, 8])],
-                     [h.make_tensor_value_info(x, T.FLOAT, [1, c, 8, 8])], inits)
-    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
-
-
 def main() -> None:
     from compiler import compile, import_onnx, optimize, zoo
     from compiler.pipeline import get_pipeline
+    from compiler.zoo import make_fusion_blocks
     from passes.base import PassContext
     from targets.base import get_backend
 
@@ -109,7 +63,7 @@ def main() -> None:
     print_table(["model", "runtime", "nodes", "no fusion", "edgec fusion", "speed-up", ""],
                 rows)
 
-    model = _generated_graph(6250)
+    model = make_fusion_blocks(6250)  # 16 nodes a block: 100,000 nodes
     graph = import_onnx(model)
     n = len(graph)
     ctx = PassContext(backend=get_backend("onnxruntime"))

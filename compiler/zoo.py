@@ -67,6 +67,7 @@ __all__ = [
     "decoder_inputs",
     "make_large_external_model",
     "make_chain_graph",
+    "make_fusion_blocks",
 ]
 
 ZOO_VERSION = "1"
@@ -303,3 +304,47 @@ def make_chain_graph(n_nodes: int) -> onnx.ModelProto:
         ir_version=_b.IR_VERSION,
         producer_name="edgec.zoo",
     )
+
+
+def make_fusion_blocks(n_blocks: int, seed: int = 0) -> onnx.ModelProto:
+    """`n_blocks` repeated blocks, 16 nodes each, over [1, 4, 4, 4] tensors: Conv +
+    BatchNormalization, a LayerNorm written in primitives (ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add)
+    and an erf-form GELU. Every block is one match for conv_bn, layernorm and gelu_erf; 6250
+    blocks make the 100,000-node fusion workload."""
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    rng = np.random.default_rng(seed)
+    consts = {"w": rng.standard_normal((4, 4, 1, 1)), "g": np.ones(4), "be": np.zeros(4),
+              "mu": np.zeros(4), "var": np.ones(4), "two": 2.0, "eps": 1e-5,
+              "gamma": np.ones(4), "beta": np.zeros(4), "sqrt2": 1.4142135, "one": 1.0,
+              "half": 0.5}
+    inits = [onnx.numpy_helper.from_array(np.asarray(v, np.float32), k)
+             for k, v in consts.items()]
+    nodes, x = [], "x"
+    for i in range(n_blocks):
+        p = f"b{i}_"
+        nodes += [h.make_node("Conv", [x, "w"], [p + "c"]),
+                  h.make_node("BatchNormalization", [p + "c", "g", "be", "mu", "var"],
+                              [p + "bn"]),
+                  h.make_node("ReduceMean", [p + "bn"], [p + "m"], axes=[-1]),
+                  h.make_node("Sub", [p + "bn", p + "m"], [p + "d"]),
+                  h.make_node("Pow", [p + "d", "two"], [p + "d2"]),
+                  h.make_node("ReduceMean", [p + "d2"], [p + "v"], axes=[-1]),
+                  h.make_node("Add", [p + "v", "eps"], [p + "ve"]),
+                  h.make_node("Sqrt", [p + "ve"], [p + "sd"]),
+                  h.make_node("Div", [p + "d", p + "sd"], [p + "n"]),
+                  h.make_node("Mul", [p + "n", "gamma"], [p + "s"]),
+                  h.make_node("Add", [p + "s", "beta"], [p + "ln"]),
+                  h.make_node("Div", [p + "ln", "sqrt2"], [p + "a"]),
+                  h.make_node("Erf", [p + "a"], [p + "e"]),
+                  h.make_node("Add", [p + "e", "one"], [p + "pe"]),
+                  h.make_node("Mul", [p + "ln", p + "pe"], [p + "q"]),
+                  h.make_node("Mul", [p + "q", "half"], [p + "gelu"])]
+        x = p + "gelu"
+    nodes[-1].output[0] = "y"
+    io = [[1, 4, 4, 4]]
+    g = h.make_graph(nodes, "fusion_blocks",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, io[0])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, io[0])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)

@@ -89,34 +89,9 @@ def test_registered_pass_and_pipeline():
 
 
 def _blocks(n_blocks: int):
-    """Repeated Conv+BN+Relu / LayerNorm / GELU blocks over [1, 4, 4, 4] tensors."""
-    nodes, inits = [], {"w": RNG.standard_normal((4, 4, 1, 1)), "g": np.ones(4),
-                        "be": np.zeros(4), "mu": np.zeros(4), "var": np.ones(4),
-                        "two": np.float32(2), "eps": np.float32(1e-5), "gamma": np.ones(4),
-                        "beta": np.zeros(4), "sqrt2": np.float32(1.4142135),
-                        "one": np.float32(1), "half": np.float32(0.5)}
-    x = "x"
-    for i in range(n_blocks):
-        p = f"b{i}_"
-        nodes += [h.make_node("Conv", [x, "w"], [p + "c"]),
-                  h.make_node("BatchNormalization", [p + "c", "g", "be", "mu", "var"], [p + "bn"]),
-                  h.make_node("ReduceMean", [p + "bn"], [p + "mu"], axes=[-1]),
-                  h.make_node("Sub", [p + "bn", p + "mu"], [p + "d"]),
-                  h.make_node("Pow", [p + "d", "two"], [p + "d2"]),
-                  h.make_node("ReduceMean", [p + "d2"], [p + "v"], axes=[-1]),
-                  h.make_node("Add", [p + "v", "eps"], [p + "ve"]),
-                  h.make_node("Sqrt", [p + "ve"], [p + "sd"]),
-                  h.make_node("Div", [p + "d", p + "sd"], [p + "n"]),
-                  h.make_node("Mul", [p + "n", "gamma"], [p + "s"]),
-                  h.make_node("Add", [p + "s", "beta"], [p + "ln"]),
-                  h.make_node("Div", [p + "ln", "sqrt2"], [p + "a"]),
-                  h.make_node("Erf", [p + "a"], [p + "e"]),
-                  h.make_node("Add", [p + "e", "one"], [p + "pe"]),
-                  h.make_node("Mul", [p + "ln", p + "pe"], [p + "q"]),
-                  h.make_node("Mul", [p + "q", "half"], [p + "gelu"])]
-        x = p + "gelu"
-    nodes[-1].output[0] = "y"
-    return model(nodes, [("x", [1, 4, 4, 4])], [("y", [1, 4, 4, 4])], inits)
+    from compiler.zoo import make_fusion_blocks
+
+    return make_fusion_blocks(n_blocks)
 
 
 def test_fusion_on_a_100k_node_graph_completes():
