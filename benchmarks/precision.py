@@ -124,6 +124,44 @@ def run(name: str, runs: int, batch: int) -> list[dict]:
     return rows
 
 
+def _bundle_bytes(art) -> int:
+    """Size on disk of the model files in a bundle (weights and graph)."""
+    return sum((art.path / f).stat().st_size for f in art.files
+               if f.startswith("model.") or f.endswith(".data"))
+
+
+def int4_decoder(runs: int) -> None:
+    """The Llama-style decoder with INT4 block-wise weights vs FP32: size and latency."""
+    import statistics
+    import time
+
+    from compiler import compile, zoo
+
+    feeds = zoo.example_inputs("decoder")
+    print(f"\nLlama-style decoder (zoo), INT4 weight-only (block 32) vs FP32; median of {runs} "
+          "interleaved runs, 3 new tokens after a 5-token cache")
+    print(f"{'backend':<12} {'fp32 MB':>8} {'int4 MB':>8} {'size x':>7} {'fp32 ms':>8} "
+          f"{'int4 ms':>8} {'speed x':>8} {'cos logits':>11}")
+    for be in ("onnxruntime", "openvino"):
+        base = compile(zoo.get("decoder"), backend=be, example_inputs=feeds)
+        q = compile(zoo.get("decoder"), backend=be, precision="int4-weight",
+                    example_inputs=feeds)
+        rb, rq = base.runner(), q.runner()
+        rb.run(feeds), rq.run(feeds)
+        tb, tq = [], []
+        for _ in range(runs):
+            t = time.perf_counter()
+            ref = rb.run(feeds)
+            tb.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            got = rq.run(feeds)
+            tq.append(time.perf_counter() - t)
+        sb, sq = _bundle_bytes(base) / 2**20, _bundle_bytes(q) / 2**20
+        mb, mq = statistics.median(tb) * 1e3, statistics.median(tq) * 1e3
+        print(f"{be:<12} {sb:8.2f} {sq:8.2f} {sb / sq:7.2f} {mb:8.3f} {mq:8.3f} "
+              f"{mb / mq:8.2f} {_cos(ref['logits'], got['logits']):11.6f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="digits_cnn,digits_vit,cnn,siglip")
@@ -150,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
             prep = f"{r['prep_s']:.1f}" if "prep_s" in r else "-"
             print(f"{r['model']:<11} {r['variant']:<16} {r['ms']:9.3f} {r['speedup']:7.2f} "
                   f"{r['cosine']:9.6f} {top1:>6} {r.get('int8', '-'):>6} {prep:>7}", flush=True)
+    int4_decoder(runs)
 
 
 if __name__ == "__main__":
