@@ -165,6 +165,25 @@ def _static(shape: list[Any] | None) -> bool:
 
 
 def _import(model: Any, inputs: list[dict[str, Any]]) -> Any:
+    """Relax module for `model`. TVM's frontend cannot follow shape arithmetic on dynamic dims
+    (Shape -> ConstantOfShape/Tile, as exporters write for attention and position ids); when
+    every input shape is static, the graph is first simplified with onnxsim at those shapes,
+    which folds that arithmetic to constants. The bundle's model.onnx stays as emitted."""
+    try:
+        return _from_onnx(model, inputs)
+    except UnsupportedOpError:
+        if not all(_static(i["shape"]) for i in inputs):
+            raise
+        import onnxsim
+
+        fixed, ok = onnxsim.simplify(
+            model, overwrite_input_shapes={i["name"]: i["shape"] for i in inputs})
+        if not ok:
+            raise
+        return _from_onnx(fixed, inputs)
+
+
+def _from_onnx(model: Any, inputs: list[dict[str, Any]]) -> Any:
     import io
 
     from tvm.relax.frontend.onnx import from_onnx

@@ -82,6 +82,12 @@ def cpu_rules() -> tuple[Any, ...]:
                 return True
         return False
 
+    def touches_bool(sch: Any, block: Any) -> bool:
+        """LLVM codegen cannot store vectors into bool buffers (it sees int8 lanes)."""
+        stmt = sch.get(block)
+        return any(str(getattr(r.source, "dtype", "")) == "bool"
+                   for r in [*stmt.reads, *stmt.writes])
+
     def injective(sch: Any, info: Any, target: Any) -> None:
         """Fuse and parallelize the leading spatial loops; vectorize an injective block's
         innermost loop when its length is a multiple of (or at most) the vector width."""
@@ -90,7 +96,7 @@ def cpu_rules() -> tuple[Any, ...]:
         par = loops[:len(kinds) - len(kinds.lstrip("S"))]
         if not par:
             return
-        if info.is_injective():
+        if info.is_injective() and not touches_bool(sch, info.block_rv):
             width, n = lanes(target, info.block_rv, sch), extent(sch, loops[-1])
             if n is not None and width >= 2 and n >= 2 and (n <= width or n % width == 0):
                 if n <= width:

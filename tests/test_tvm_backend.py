@@ -202,6 +202,21 @@ def test_host_conv_net_matches_onnxruntime(tmp_path):
     assert get_backend("tvm").versions() == {"tvm": tvm.__version__}
 
 
+def test_bool_mask_blocks_are_not_vectorized(tmp_path):
+    """Regression: the default CPU schedules vectorized a block storing bool (a causal mask in
+    the Llama decoder) and LLVM codegen refused it (bool buffer, int8x8 value)."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Less", ["x", "t"], ["m"]),
+             helper.make_node("Not", ["m"], ["nm"]),
+             helper.make_node("Where", ["nm", "x", "z"], ["y"])]
+    inits = [numpy_helper.from_array(np.float32(0.1), "t"),
+             numpy_helper.from_array(np.float32(-1e4), "z")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    _check_host(model, tmp_path, {"x": x})
+
+
 def test_run_script_runs_host_bundle(tmp_path):
     bundle = tmp_path / "bundle"
     _build(conv_net(), host_profile(), bundle)
