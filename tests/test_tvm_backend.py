@@ -289,14 +289,18 @@ def test_legality_loop_unsupported():
         report.check()
 
 
-def test_frontend_failure_is_a_clear_error(tmp_path):
-    """TVM's frontend turns Shape outputs into shape expressions Tile cannot take."""
+def test_frontend_failure_is_a_clear_error_and_static_shapes_fix_it(tmp_path):
+    """TVM's frontend turns Shape outputs into shape expressions Tile cannot take. With dynamic
+    dims left unbound that is a clear error; with static shapes the backend folds the shape
+    arithmetic (onnxsim at those shapes) and the model imports."""
     nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
              helper.make_node("Tile", ["x", "s"], ["y"], name="tile")]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 9])], [])
+    dynamic = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 9])], [])
     with pytest.raises(UnsupportedOpError, match="could not import.*onnxsim"):
-        _build(model, host_profile(), tmp_path)
+        _build(dynamic, host_profile(), tmp_path / "dyn")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    _check_host(dynamic, tmp_path / "static", {"x": x}, shapes={"x": (2, 3)})
 
 
 def test_legality_unknown_domain():
