@@ -21,7 +21,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from compiler.errors import ExternalDataError, InvalidModelError
-from compiler.ir import Attr, ExternalRef, Graph, Node, Tensor, Value, _safe_join
+from compiler.ir import Attr, Graph, Node, Value
+from compiler.tensor import ExternalRef, Tensor, safe_join
 
 __all__ = ["import_onnx", "export_onnx", "load_model_proto", "node_to_proto", "MIN_OPSET",
            "MAX_OPSET"]
@@ -140,7 +141,7 @@ class _Reader:
             raise ExternalDataError(
                 f"tensor {t.name!r} keeps its weights in external file {location!r}, but the "
                 "model was given as bytes/ModelProto; load it from its path or pass base_dir=")
-        path = _safe_join(self.folder, location, t.name)
+        path = safe_join(self.folder, location, t.name)
         if not os.path.isfile(path):
             raise ExternalDataError(
                 f"external data file {location!r} of tensor {t.name!r} is missing next to the "
