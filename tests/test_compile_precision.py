@@ -19,7 +19,20 @@ def _calib(n: int = 8):
     return [zoo.example_inputs("cnn", seed=s) for s in range(n)]
 
 
-def test_mixed_precision_compile_records_the_map(tmp_path):
+@pytest.fixture
+def fixed_host(monkeypatch):
+    """compile(target="host") on a fixed VNNI CPU stand-in: which layers pay in INT8 must not
+    depend on this machine's measured (noisy) peaks."""
+    import targets.devices
+    from tests.test_precision_assign import vnni_host
+
+    stand_in, real = vnni_host(), targets.devices.get_profile
+    monkeypatch.setattr(targets.devices, "get_profile",
+                        lambda name: stand_in if name == "host" else real(name))
+    return stand_in
+
+
+def test_mixed_precision_compile_records_the_map(tmp_path, fixed_host):
     art = compiler.compile(zoo.get("cnn"), precision="mixed", calibration=_calib(),
                            constraints={"max_accuracy_drop": 0.0}, out_dir=tmp_path / "b")
     rep = art.manifest["precision"]

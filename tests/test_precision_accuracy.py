@@ -8,15 +8,15 @@ from compiler import trained
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
 from targets.devices import get_profile
-from tests.test_precision_assign import no_vnni_host
+from tests.test_precision_assign import no_vnni_host, vnni_host
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name", trained.NAMES)
-@pytest.mark.parametrize("profile", ["host", "no-vnni"])
+@pytest.mark.parametrize("profile", ["vnni", "no-vnni"])
 def test_mixed_int8_keeps_top1(name, profile):
-    prof = get_profile("host") if profile == "host" else no_vnni_host()
+    prof = vnni_host() if profile == "vnni" else no_vnni_host()
     path = trained.get(name)
     d = trained.digits_data()
     fp32 = trained.accuracy(path, d["test_x"], d["test_y"])
