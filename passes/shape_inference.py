@@ -24,6 +24,7 @@ __all__ = ["ShapeInference", "infer_shapes"]
 @dataclass(frozen=True)
 class ShapeInferenceConfig(PassConfig):
     symbolic: bool = True  # fill gaps with ONNX Runtime's symbolic shape inference
+    refresh: bool = False  # re-infer even when every value already has a full type
 
 
 def _types_from(gp: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
@@ -72,6 +73,16 @@ def _unknowns(graph: Graph) -> bool:
                     o.shape is None or any(d is None for d in o.shape)):
                 return True
     return False
+
+
+def _fully_typed(graph: Graph) -> bool:
+    """Every node output (subgraphs included) has a dtype and a shape with no unknown dim."""
+    for n in graph.all_nodes():
+        for o in n.outputs:
+            if o.name and o.type_proto is None and (
+                    o.dtype is None or o.shape is None or any(d is None for d in o.shape)):
+                return False
+    return True
 
 
 def _apply(graph: Graph, gp: onnx.GraphProto) -> bool:
@@ -136,6 +147,9 @@ class ShapeInference(Pass):
     Config = ShapeInferenceConfig
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if not self.config.refresh and _fully_typed(graph):
+            # passes keep the types of what they create; nothing to learn from a re-run
+            return PassResult(False, {"values_without_shape": 0, "skipped": "all typed"})
         changed = infer_shapes(graph, self.config.symbolic)
         unknown = sum(1 for n in graph for o in n.outputs
                       if o.name and o.type_proto is None and o.shape is None)

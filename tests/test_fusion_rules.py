@@ -150,6 +150,33 @@ def test_layernorm_from_primitives():
         assert_same(m, out)
 
 
+def test_layernorm_without_scale_or_bias():
+    """Regression: after identity elimination removes `x * 1` (a gamma of ones), or for
+    LayerNorm without affine parameters, the scale-less forms must still fuse."""
+    full = _layernorm()
+    for drop in (("gamma",), ("gamma", "beta")):
+        m = onnx.ModelProto()
+        m.CopyFrom(full)
+        nodes = list(m.graph.node)
+        if "gamma" in drop:  # y = n + beta
+            nodes = [n for n in nodes if n.op_type != "Mul" or "gamma" not in n.input]
+            for n in nodes:
+                if n.op_type == "Add" and "s" in n.input:
+                    n.input[list(n.input).index("s")] = "n"
+        if "beta" in drop:  # y = n
+            nodes = [n for n in nodes if not (n.op_type == "Add" and "beta" in n.input)]
+            nodes[-1].output[0] = "y"
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+        keep = {i for n in nodes for i in n.input}
+        inits = [t for t in m.graph.initializer if t.name in keep]
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(inits)
+        g, stats, out = fuse(m)
+        assert ops(g) == {"LayerNormalization": 1}, (drop, ops(g))
+        assert_same(m, out)
+
+
 def test_layernorm_meta_only_without_backend_or_old_opset():
     m = _layernorm()
     g, stats, _ = fuse(m, backend=None)

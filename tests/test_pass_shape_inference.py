@@ -54,7 +54,10 @@ def test_second_run_reports_no_change():
     g = compiler.import_onnx(_mlp())
     assert run_pass(g, "shape_inference").modified
     again = run_pass(g, "shape_inference")
-    assert not again.modified and again.stats == {"values_without_shape": 0}
+    assert not again.modified and again.stats["values_without_shape"] == 0
+    assert again.stats["skipped"] == "all typed"  # nothing left to infer: no re-export
+    forced = run_pass(g, "shape_inference", refresh=True)
+    assert not forced.modified and "skipped" not in forced.stats
 
 
 def test_weights_are_not_read():

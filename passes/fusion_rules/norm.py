@@ -3,8 +3,8 @@
 LayerNorm over the last axis:
     μ = mean(x), d = x − μ, σ² = mean(d²), y = d/√(σ² + ε)·γ + β
 found as ReduceMean, Sub, Pow(·, 2) or Mul(d, d), ReduceMean, Add(ε), Sqrt, Div (or Mul by
-Reciprocal), Mul(γ)[, Add(β)]. It becomes ONNX `LayerNormalization(x, γ, β, axis=-1, epsilon=ε)`
-(standard domain, needs the model's opset ≥ 17).
+Reciprocal)[, Mul(γ)][, Add(β)] (a missing γ is 1, a missing β is 0). It becomes ONNX
+`LayerNormalization(x, γ, β, axis=-1, epsilon=ε)` (standard domain, needs opset ≥ 17).
 
 RMSNorm (Llama, T5):
     y = x/√(mean(x²) + ε)·γ
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.ir import dtype_to_numpy
 from passes.rewrite import (
     Alt,
     Const,
@@ -58,8 +59,11 @@ def _ln_patterns() -> tuple[Op, ...]:
     d = Op("Sub", x, _rm(x, "mean"), name="sub")
     den = Op("Sqrt", Op("Add", _rm(_square(d), "var"), Const("eps"), name="add_eps"),
              name="sqrt")
+    # affine (γ, β), scale only, bias only (γ = 1 removed as x·1 by identity elimination) and
+    # none (LayerNorm without affine parameters); longest first
     scaled = Op("Mul", _normalize(d, den), Const("gamma"), name="mul_gamma")
-    return (Op("Add", scaled, Const("beta"), name="add_beta"), scaled)
+    return (Op("Add", scaled, Const("beta"), name="add_beta"), scaled,
+            Op("Add", _normalize(d, den), Const("beta"), name="add_beta"), _normalize(d, den))
 
 
 def _rms_pattern() -> Op:
@@ -105,7 +109,7 @@ def _channel_vec(m: Match, key: str, default: float) -> np.ndarray:
     xs = shape_of(m["x"])
     c = m.consts.get(key)
     n = xs[-1] if xs and isinstance(xs[-1], int) else (c.size if c is not None else 1)
-    dtype = np.float32 if m["x"].dtype in (None, 1) else m.consts["gamma"].dtype
+    dtype = np.float32 if m["x"].dtype in (None, 1) else dtype_to_numpy(m["x"].dtype)
     if c is None:
         return np.full((n,), default, dtype)
     return np.broadcast_to(c.reshape(-1), (n,)).astype(c.dtype).copy()
