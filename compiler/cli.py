@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
                        "for a bundle folder also its precision map and predictions")
     i.add_argument("model", help="an .onnx file or a bundle folder")
     i.add_argument("--shape", action="append", type=_shape, default=[])
+    i.add_argument("--target", help="also predict latency/memory/energy on this device, with "
+                   "the per-kernel breakdown (after the fusion pipeline)")
+    i.add_argument("--backend", help="with --target: the backend to predict for")
+    i.add_argument("--precision", default="fp32", help="with --target: the precision policy")
     i.add_argument("--json", action="store_true")
 
     v = sub.add_parser("verify", help="check a bundle's files and re-run its verification")
@@ -112,7 +116,7 @@ def _inspect(args) -> dict[str, Any]:
     import os
 
     from compiler.driver import load_graph
-    from compiler.inspect import format_bundle, format_summary, summarize
+    from compiler.inspect import format_bundle, format_prediction, format_summary, summarize
     from passes.shape_inference import infer_shapes
 
     if os.path.isdir(args.model):  # a bundle: what was chosen, per layer, and predicted
@@ -140,7 +144,25 @@ def _inspect(args) -> dict[str, Any]:
     s = summarize(graph, bindings or None)
     if not args.json:
         print(format_summary(s))
+    if args.target:
+        s["prediction"] = _predict_for(args, bindings)
+        if not args.json:
+            print(format_prediction(s["prediction"]))
     return s
+
+
+def _predict_for(args, bindings: dict[str, int]) -> dict[str, Any]:
+    from compiler.cost import predict
+    from compiler.driver import optimize
+    from targets.devices import get_profile
+
+    profile = get_profile(args.target)
+    backend = args.backend or profile.backends[0]
+    graph = optimize(args.model, pipeline="fusion", target=args.target, backend=backend,
+                     shapes=dict(args.shape))
+    pred = predict(graph, {"backend": backend, "precision": args.precision, "fusion": True},
+                   profile, bindings=bindings or None)
+    return {"target": profile.name, "backend": backend, **pred.to_dict()}
 
 
 def _verify(args) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import onnx
 from compiler.cost.flops import graph_flops
 from compiler.ir import Graph
 
-__all__ = ["summarize", "format_summary", "format_bundle"]
+__all__ = ["summarize", "format_summary", "format_bundle", "format_prediction"]
 
 
 def _sig(values) -> list[dict[str, Any]]:
@@ -67,4 +67,16 @@ def format_bundle(doc: dict[str, Any]) -> str:
             sens = info.get("sensitivity")
             s = "" if sens is None else f" sensitivity {sens}"
             lines.append(f"  {name:<40} {info.get('precision'):<12}{s}  {info.get('reason', '')}")
+    return "\n".join(lines)
+
+
+def format_prediction(p: dict[str, Any], top: int = 15) -> str:
+    """The cost model's prediction and its most expensive kernels."""
+    lines = [f"predicted on {p['target']} / {p['backend']}: {p['latency_ms']:.3f} ms "
+             f"(+-{100 * p['uncertainty']:.0f}%), {p['memory_mb']:.1f} MB, "
+             f"{p['energy_mj']:.2f} mJ", f"kernels (top {top} of {len(p['nodes'])} by time):"]
+    for k in sorted(p["nodes"], key=lambda k: -k["ms"])[:top]:
+        lines.append(f"  {k['ms']:9.4f} ms  {k['class']:<13} {k['precision']:<6} "
+                     f"{k['bound']:<8} {'+'.join(k['ops'])[:60]}")
+    lines += [f"assumes: {a}" for a in p.get("assumptions", [])]
     return "\n".join(lines)

@@ -70,3 +70,14 @@ def test_console_script_entry_point(tmp_path):
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+
+
+def test_inspect_with_target_predicts_per_kernel(tmp_path, capsys):
+    model = _model(tmp_path / "m.onnx")
+    assert main(["inspect", model, "--shape", "x=4x8", "--target", "raspberry-pi-5",
+                 "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)["prediction"]
+    assert pred["target"] == "raspberry-pi-5" and pred["backend"] == "tvm"
+    assert pred["latency_ms"] > 0 and pred["energy_mj"] > 0
+    assert pred["nodes"] and sum(k["ms"] for k in pred["nodes"]) <= pred["latency_ms"] * 1.01
+    assert main(["inspect", model, "--target", "no-such-board"]) == 2
