@@ -2,9 +2,9 @@
 
 Models: the zoo CNN (1x3x64x64) and SigLIP-B/16 (1x3x224x224). Backends: ONNX Runtime (all
 optimizations; the reference), OpenVINO (CPU), TVM untuned and TVM with a small MetaSchedule
-budget (`tune_trials`), and PyTorch eager on the same architecture. Median of >= 10 runs after
-warm-up (fewer, and said so, when one run takes over 5 s: untuned TVM on SigLIP); ratio =
-ONNX Runtime latency / backend latency (> 1: faster than ORT).
+budget (`tune_trials`), and PyTorch eager on the same architecture. Every backend gets the same
+static input shapes. Median of >= 10 runs after warm-up (fewer, and said so, when one run takes
+over 5 s); ratio = ONNX Runtime latency / backend latency (> 1: faster than ORT).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from benchmarks.common import print_table
 
 RUNS = 10
-TUNE_TRIALS = {"cnn": 64, "siglip": 64}
+TUNE_TRIALS = {"cnn": 64, "siglip": 32}
 
 
 def _median(fn, runs: int = RUNS) -> tuple[float, int]:
@@ -54,6 +54,7 @@ def main(models=("cnn", "siglip")) -> None:
 
     for name in models:
         path, feeds = zoo.get(name), zoo.example_inputs(name)
+        shapes = {k: v.shape for k, v in feeds.items()}  # static everywhere: a fair comparison
         rows, ref = [], None
         configs = [("onnxruntime", "onnxruntime", {}), ("openvino", "openvino", {}),
                    ("tvm (untuned)", "tvm", {}),
@@ -63,7 +64,8 @@ def main(models=("cnn", "siglip")) -> None:
         for label, backend, opts in configs:
             t0 = time.perf_counter()
             try:
-                art = compile(path, backend=backend, options=opts, example_inputs=feeds)
+                art = compile(path, backend=backend, options=opts, example_inputs=feeds,
+                              shapes=shapes)
             except CompileError as e:
                 rows.append([label, "-", "-", f"not built: {e}"[:70], "-"])
                 continue
@@ -72,11 +74,11 @@ def main(models=("cnn", "siglip")) -> None:
             t, n = _median(lambda r=runner, f=feeds: r.run(f))
             ref = ref or t
             ver = art.verification or {}
-            rows.append([label, f"{1e3 * t:.1f}", f"{ref / t:.2f}x",
+            rows.append([label, f"{1e3 * t:.2f}", f"{ref / t:.2f}x",
                          f"build {build:.0f} s, cos {ver.get('cosine', 0):.6f}", n])
             print(f"  {name}: {label} done", file=sys.stderr, flush=True)
         t, n = _median(_torch_eager(name, feeds))
-        rows.append(["pytorch eager", f"{1e3 * t:.1f}", f"{ref / t:.2f}x", "", n])
+        rows.append(["pytorch eager", f"{1e3 * t:.2f}", f"{ref / t:.2f}x", "", n])
         print(f"\n{name}: host latency (ms), median of n runs after warm-up; "
               "ratio = ORT / backend")
         print_table(["backend", "latency ms", "vs ORT", "notes", "n"], rows)
