@@ -3,9 +3,11 @@ SigLIP-B/16."""
 
 from __future__ import annotations
 
+import collections
 import time
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper as h
 
@@ -138,3 +140,31 @@ def test_siglip_attention_layernorm_gelu_recognised():
     got = run_ort(export_onnx(g), feeds)
     for a, b in zip(ref, got):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def test_decoder_rmsnorm_and_attention_recognised():
+    """Llama-style decoder (4 layers): 9 RMSNorms (2 per layer + final) and 4 attention blocks
+    recognised. At opset 17 with a dynamic causal mask neither has an ONNX Runtime fused op, so
+    they are recorded as fusion groups (one kernel each for the cost model); outputs unchanged."""
+    from compiler import zoo
+    from compiler.pipeline import get_pipeline
+
+    path = zoo.get("decoder")
+    g = import_onnx(str(path))
+    before = len(g)
+    ctx = PassContext(backend=get_backend("onnxruntime"))
+    stats = {}
+    for pm in get_pipeline("fusion"):
+        pm.run(g, ctx)
+        stats.update({r.name: r.result.stats for r in pm.records if r.name == "fusion"})
+    rules = stats["fusion"]["rules"]
+    assert rules["rmsnorm"]["matched"] == 9 and rules["attention"]["matched"] == 4
+    kinds = collections.Counter(n.meta["fusion_group"]["kind"] for n in g
+                                if "fusion_group" in n.meta)
+    assert kinds["rmsnorm"] > 0 and kinds["attention"] > 0
+    print(f"decoder: {before} -> {len(g)} nodes")
+    feeds = zoo.example_inputs("decoder")
+    ref = run_ort(onnx.load(str(path)), feeds)
+    got = run_ort(export_onnx(g), feeds)
+    for r, o in zip(ref, got):
+        assert np.abs(r - o).max() <= 1e-4 * max(1.0, np.abs(r).max())

@@ -221,6 +221,22 @@ def test_rmsnorm_becomes_rmsnormalization_at_opset_23_else_group():
     assert "RMSNormalization" not in ops(g) and stats["rules"]["rmsnorm"]["grouped"] == 1
 
 
+def test_rmsnorm_with_one_over_sqrt_as_div():
+    """Regression: torch exports Llama's rsqrt as Div(1, Sqrt(.)), not Reciprocal."""
+    c = 16
+    nodes = [h.make_node("Pow", ["x", "two"], ["x2"]),
+             h.make_node("ReduceMean", ["x2"], ["ms"], axes=[-1]),
+             h.make_node("Add", ["ms", "eps"], ["me"]), h.make_node("Sqrt", ["me"], ["r"]),
+             h.make_node("Div", ["one", "r"], ["ir"]), h.make_node("Mul", ["x", "ir"], ["n"]),
+             h.make_node("Mul", ["gamma", "n"], ["y"])]
+    inits = {"two": np.float32(2), "eps": np.array([1e-6], np.float32),
+             "one": np.array([1.0], np.float32), "gamma": RNG.standard_normal(c)}
+    m = model(nodes, [("x", [2, 3, c])], [("y", [2, 3, c])], inits)
+    g, stats, out = fuse(m)
+    assert stats["rules"]["rmsnorm"]["grouped"] == 1  # opset 17: recorded as one kernel
+    assert_same(m, out)
+
+
 # ------------------------------------------------------------------------------- GELU
 def _gelu_erf() -> onnx.ModelProto:
     nodes = [h.make_node("Div", ["x", "sqrt2"], ["a"]), h.make_node("Erf", ["a"], ["e"]),

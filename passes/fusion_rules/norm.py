@@ -50,8 +50,10 @@ def _square(v) -> Alt:
 
 
 def _normalize(num, den) -> Alt:
+    """num / den, num · Reciprocal(den) or num · (1 / den) (torch's rsqrt export)."""
     return Alt(Op("Div", num, den, name="div"),
-               Op("Mul", num, Op("Reciprocal", den, name="recip"), name="div"))
+               Op("Mul", num, Op("Reciprocal", den, name="recip"), name="div"),
+               Op("Mul", num, Op("Div", Const("one", 1.0), den, name="recip"), name="div"))
 
 
 def _ln_patterns() -> tuple[Op, ...]:
