@@ -8,6 +8,7 @@ import collections
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
@@ -285,6 +286,44 @@ def test_gelu_refused_when_intermediate_escapes():
     assert stats["rules"]["gelu_erf"]["refused"] == {
         "intermediate value used outside the pattern": 1}
     assert_same(m, out)
+
+
+def _conv_act(act: list, inits: dict | None = None) -> onnx.ModelProto:
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])] + act
+    return model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])],
+                 {"w": RNG.standard_normal((4, 3, 3, 3)), "b": RNG.standard_normal(4),
+                  **(inits or {})})
+
+
+def test_conv_epilogues_relu6_hardsigmoid_hardswish():
+    relu6 = _conv_act([h.make_node("Clip", ["c", "lo", "hi"], ["y"])],
+                      {"lo": np.float32(0), "hi": np.float32(6)})
+    g, _, out = fuse(relu6)
+    assert ops(g) == {"FusedConv": 1}
+    fc = next(iter(g))
+    assert fc.attr("activation") == "Clip" and list(fc.attr("activation_params")) == [0, 6]
+    assert_same(relu6, out)
+    hsig = _conv_act([h.make_node("HardSigmoid", ["c"], ["y"], alpha=0.25, beta=0.4)])
+    g, _, out = fuse(hsig)
+    assert ops(g) == {"FusedConv": 1}
+    assert list(next(iter(g)).attr("activation_params")) == pytest.approx([0.25, 0.4])
+    assert_same(hsig, out)
+    # HardSwish has no FusedConv form: one kernel for the cost model, ops unchanged
+    hsw = _conv_act([h.make_node("HardSwish", ["c"], ["y"])])
+    g, stats, out = fuse(hsw)
+    assert ops(g) == {"Conv": 1, "HardSwish": 1}
+    assert all(n.meta["fusion_group"]["kind"] == "conv_act" for n in g)
+    assert_same(hsw, out)
+
+
+def test_silu_becomes_quickgelu_alpha_1():
+    m = model([h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Mul", ["s", "x"], ["y"])],
+              [("x", [2, 8])], [("y", [2, 8])])
+    g, _, out = fuse(m)
+    assert ops(g) == {"QuickGelu": 1} and next(iter(g)).attr("alpha") == 1.0
+    assert_same(m, out)
+    g, stats, _ = fuse(m, backend=None)  # not accepted: recorded as one kernel
+    assert ops(g) == {"Sigmoid": 1, "Mul": 1} and stats["rules"]["silu"]["grouped"] == 1
 
 
 def test_bias_gelu_epilogue():

@@ -10,7 +10,10 @@ Epilogues (ONNX Runtime contrib ops):
     com.microsoft.Gelu(A + b)     -> BiasGelu(A, b)      b constant, 1-D over the last axis
     com.microsoft.FastGelu(A + b) -> FastGelu(A, b)      same condition
     Act(Conv(x, W, B))            -> FusedConv(x, W, B, activation=Act) for Relu, Sigmoid,
-                                     Tanh, LeakyRelu; a "conv_act" group when not accepted.
+                                     Tanh, LeakyRelu, Clip (Relu6; scalar bounds) and
+                                     HardSigmoid (alpha, beta in activation_params); HardSwish,
+                                     and any of them when not accepted: a "conv_act" group.
+SiLU:          y = x·σ(x)  ->  com.microsoft.QuickGelu(x, alpha=1), as QuickGelu = x·σ(αx).
 
 Constants are compared with a relative tolerance of 1e-3 (exporters round √2 and √(2/π)).
 Conditions: every intermediate is read only inside the pattern.
@@ -22,7 +25,8 @@ import math
 
 from passes.rewrite import Alt, Const, Match, Op, Rule, RuleSet, Var, emit, finish, shape_of
 
-__all__ = ["GeluErf", "GeluTanh", "BiasGelu", "ConvActivation", "RULE_SET", "EPILOGUE_RULE_SET"]
+__all__ = ["GeluErf", "GeluTanh", "BiasGelu", "ConvActivation", "SiLU", "RULE_SET",
+           "EPILOGUE_RULE_SET"]
 
 
 def _gelu_outer(x: Var, inner: Op) -> tuple[Op, ...]:
@@ -107,7 +111,15 @@ class BiasGelu(Rule):
         finish(m, graph, new.outputs[0])
 
 
-_ACTS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu")
+# Activations ONNX Runtime's FusedConv applies itself; HardSwish only forms a group.
+_FUSED_CONV_ACTS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid")
+_ACTS = _FUSED_CONV_ACTS + ("HardSwish",)
+
+
+def _act_pattern(act: str, conv: Op) -> Op:
+    if act == "Clip":  # opset >= 11: bounds are inputs (Relu6 is Clip(0, 6))
+        return Op("Clip", conv, Const("lo"), Const("hi"), name="act")
+    return Op(act, conv, name="act")
 
 
 class ConvActivation(Rule):
@@ -116,10 +128,21 @@ class ConvActivation(Rule):
     name = "conv_activation"
     kind = "conv_act"
     patterns = tuple(
-        Op(act, Op("Conv", Var("x"), Var("w"), *([Var("b")] if nb else []), name="conv"),
-           name="act")
+        _act_pattern(act, Op("Conv", Var("x"), Var("w"), *([Var("b")] if nb else []),
+                             name="conv"))
         for act in _ACTS for nb in (True, False))
     candidates = (("com.microsoft", "FusedConv", 0),)
+
+    def check(self, m: Match, ctx) -> str | None:
+        if m.named["act"].op_type == "Clip" and (
+                m.consts["lo"].size != 1 or m.consts["hi"].size != 1):
+            return "Clip bounds are not scalars"
+        return None
+
+    def choose(self, m: Match, graph, ctx) -> tuple[str, str] | None:
+        if m.named["act"].op_type not in _FUSED_CONV_ACTS:
+            return None  # no fused form: recorded as one kernel
+        return super().choose(m, graph, ctx)
 
     def rewrite(self, m: Match, graph, op) -> None:
         conv, act = m.named["conv"], m.named["act"]
@@ -128,10 +151,30 @@ class ConvActivation(Rule):
                    attrs={"activation": act.op_type}, hint="FusedConv")
         for k, a in conv.attrs.items():
             new.attrs[k] = a
-        if act.op_type == "LeakyRelu":
-            new.set_attr("activation_params", [float(act.attr("alpha", 0.01))])
+        params = {"LeakyRelu": lambda: [float(act.attr("alpha", 0.01))],
+                  "HardSigmoid": lambda: [float(act.attr("alpha", 0.2)),
+                                          float(act.attr("beta", 0.5))],
+                  "Clip": lambda: [float(m.consts["lo"].reshape(-1)[0]),
+                                   float(m.consts["hi"].reshape(-1)[0])]}.get(act.op_type)
+        if params is not None:
+            new.set_attr("activation_params", params())
         finish(m, graph, new.outputs[0])
 
 
-RULE_SET = RuleSet("activation", [GeluErf(), GeluTanh()])
+class SiLU(Rule):
+    """x · Sigmoid(x) (SiLU / Swish) -> com.microsoft.QuickGelu(x, alpha=1), since
+    QuickGelu(x) = x · σ(alpha · x); a "silu" group when not accepted."""
+
+    name = "silu"
+    kind = "silu"
+    patterns = (Op("Mul", Var("x"), Op("Sigmoid", Var("x"), name="sig"), name="mul"),)
+    candidates = (("com.microsoft", "QuickGelu", 0),)
+
+    def rewrite(self, m: Match, graph, op) -> None:
+        new = emit(graph, m.anchor, "QuickGelu", [m["x"]], domain="com.microsoft",
+                   attrs={"alpha": 1.0}, hint="SiLU")
+        finish(m, graph, new.outputs[0])
+
+
+RULE_SET = RuleSet("activation", [GeluErf(), GeluTanh(), SiLU()])
 EPILOGUE_RULE_SET = RuleSet("epilogue", [BiasGelu(), ConvActivation()])
