@@ -225,7 +225,6 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             "predicted": prediction.summary(),
             "prediction_assumptions": prediction.assumptions,
             "search": search_result.to_dict() if search_result is not None else None,
-            "measured": {},
             "versions": _versions(be),
         }
         if verify:

@@ -56,7 +56,7 @@ class Value:
     """A tensor flowing in the graph: one producer (or none: input/initializer), many uses."""
 
     __slots__ = ("name", "dtype", "shape", "type_proto", "producer", "index", "uses",
-                 "const", "doc_string", "metadata_props", "graph", "_denotation")
+                 "const", "doc_string", "metadata_props", "graph")
 
     def __init__(self, name: str, dtype: int | None = None,
                  shape: tuple[Dim, ...] | None = None, *, const: Tensor | None = None) -> None:
@@ -218,7 +218,7 @@ class Graph:
         self.initializers: dict[str, Value] = {}
         self.doc_string = ""
         self.metadata_props: dict[str, str] = {}
-        self.value_info_names: set[str] = set()
+        self.quantization_annotation: list[onnx.TensorAnnotation] = []  # kept for round trips
         self.opset_imports: dict[str, int] = {}
         self.model = ModelInfo()
         self._head: Node | None = None
@@ -390,7 +390,7 @@ class Graph:
         self.inputs, self.outputs, self.initializers = other.inputs, other.outputs, \
             other.initializers
         self._head, self._tail, self._count = other._head, other._tail, other._count
-        self.value_info_names = other.value_info_names
+        self.quantization_annotation = other.quantization_annotation
         if other.opset_imports:
             self.opset_imports = dict(other.opset_imports)
         for v in itertools.chain(self.inputs, self.initializers.values()):

@@ -193,7 +193,7 @@ class _Reader:
         g = Graph(gp.name, parent=parent)
         g.doc_string = gp.doc_string
         g.metadata_props = {p.key: p.value for p in gp.metadata_props}
-        g.quantization_annotation = list(gp.quantization_annotation)  # type: ignore[attr-defined]
+        g.quantization_annotation = list(gp.quantization_annotation)
         local: dict[str, Value] = {}
         for vi in gp.input:
             v = Value(vi.name)
@@ -251,7 +251,6 @@ class _Reader:
             v = local.get(vi.name)
             if v is not None:
                 self.apply_type(v, vi)
-                g.value_info_names.add(vi.name)
         for vi in gp.output:
             v = chain.get(vi.name)
             if v is None:
@@ -393,7 +392,7 @@ class _Writer:
                             gp.value_info.append(self.value_info(o))
         for v in g.outputs:
             gp.output.append(self.value_info(v))
-        gp.quantization_annotation.extend(getattr(g, "quantization_annotation", []))
+        gp.quantization_annotation.extend(g.quantization_annotation)
         return gp
 
     def node(self, n: Node) -> onnx.NodeProto:

@@ -8,7 +8,7 @@ says which pass failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,8 @@ from compiler.errors import CompileError, PassError
 from compiler.ir import Graph
 from passes.base import Pass, PassContext, PassResult, get_pass
 
-__all__ = ["PassManager", "PassRecord", "get_pipeline", "register_pipeline", "pipelines"]
+__all__ = ["PassManager", "PassRecord", "get_pipeline", "register_pipeline", "pipelines",
+           "DEFAULT_PIPELINE"]
 
 
 @dataclass
@@ -108,15 +109,3 @@ def get_pipeline(name: str) -> list[PassManager]:
         raise CompileError(f"unknown pipeline {name!r}; available: {', '.join(pipelines())}")
     return [PassManager([get_pass(n) for n in stage], fixed_point=len(stage) > 1)
             for stage in _PIPELINES[name]]
-
-
-def run_passes(graph: Graph, stages: list[PassManager], ctx: PassContext,
-               on_record: Callable[[PassRecord], None] | None = None) -> list[PassRecord]:
-    records: list[PassRecord] = []
-    for pm in stages:
-        pm.run(graph, ctx)
-        records.extend(pm.records)
-    if on_record:
-        for r in records:
-            on_record(r)
-    return records
