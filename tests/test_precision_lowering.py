@@ -16,6 +16,7 @@ from compiler.precision_api import apply_precision
 from passes import quantize as qz
 from passes.calibration import HistogramObserver, collect, make_session, run_model
 from targets.devices import get_profile
+from tests.test_precision_assign import vnni_host
 
 RNG = np.random.default_rng(0)
 
@@ -218,3 +219,38 @@ def test_int4_for_other_backends_upgrades_to_standard_dq():
     assert not any(n.domain == "com.microsoft" for n in g)
     x = _feeds(1)[0]
     assert _cos(_run(_model(17), x, "m"), _run(export_onnx(g), x, "m")) > 0.99
+
+
+def test_ort_float_layer_after_int8_layer_gets_its_input_quantized():
+    """Regression: on ONNX Runtime an int8 MatMul whose result is not re-quantized runs in float
+    with its weights dequantized on every call (measured 27x slower than FP32 on an MLP). The
+    input of the float layer that follows gets a Q -> DQ so ORT forms an integer kernel."""
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(_f(512, 512, rng=rng) * 0.05, f"w{i}") for i in range(3)]
+    nodes = [h.make_node("MatMul", ["x", "w0"], ["a"], name="fc1"),
+             h.make_node("Relu", ["a"], ["ar"], name="r1"),
+             h.make_node("MatMul", ["ar", "w1"], ["b"], name="fc2"),
+             h.make_node("Relu", ["b"], ["br"], name="r2"),
+             h.make_node("MatMul", ["br", "w2"], ["y"], name="fc3")]
+    gp = h.make_graph(nodes, "mlp", [h.make_tensor_value_info("x", T.FLOAT, [64, 512])],
+                      [h.make_tensor_value_info("y", T.FLOAT, [64, 512])], inits)
+    model = h.make_model(gp, opset_imports=[h.make_opsetid("", 17)])
+    calib = [{"x": _f(64, 512, rng=rng)} for _ in range(4)]
+    g = import_onnx(model)
+    rep = apply_precision(g, vnni_host(), "onnxruntime", "mixed", calib,
+                          {"keep_float": ["fc3"], "min_sqnr_db": 10})
+    assert rep["layers"]["fc2"]["precision"] == "int8"
+    assert rep["layers"]["fc3"]["precision"] == "fp32" and "input_requantized" in \
+        rep["layers"]["fc3"]
+    fc3 = next(n for n in g if n.name == "fc3")
+    assert fc3.inputs[0].producer.op_type == "DequantizeLinear"  # activation Q -> DQ
+    assert fc3.inputs[1].const is not None  # the weight itself stays float
+    out = export_onnx(g)
+    x = {"x": calib[0]["x"]}
+    ref, got = _run(model, x), _run(out, x)
+    assert np.abs(ref - got).max() <= 0.05 * np.abs(ref).max()
+    # other backends fuse Q/DQ themselves: no extra quantization there
+    g2 = import_onnx(model)
+    rep2 = apply_precision(g2, vnni_host(), "openvino", "mixed", calib,
+                           {"keep_float": ["fc3"], "min_sqnr_db": 10})
+    assert "input_requantized" not in rep2["layers"]["fc3"]
