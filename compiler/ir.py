@@ -27,6 +27,9 @@ from compiler.errors import InvalidModelError
 from compiler.tensor import ExternalRef, Tensor, dtype_to_numpy, safe_join  # noqa: F401
 
 __all__ = [
+    "constant_node_value",
+    "constant_value",
+    "is_constant",
     "Dim",
     "Tensor",
     "ExternalRef",
@@ -515,3 +518,36 @@ def _is_outer(candidate: Graph, inner: Graph) -> bool:
             return True
         g = g.parent
     return False
+
+
+def constant_node_value(node: Node) -> np.ndarray | None:
+    """The value of a standard `Constant` node, whichever attribute holds it."""
+    for key, attr in node.attrs.items():
+        val = attr.value
+        if key == "value":
+            return np.asarray(val.numpy())
+        if key in ("value_float", "value_floats"):
+            return np.asarray(val, dtype=np.float32)
+        if key in ("value_int", "value_ints"):
+            return np.asarray(val, dtype=np.int64)
+    return None
+
+
+def is_constant(v: Value | None) -> bool:
+    """Whether `v` is known at compile time: an initializer that is not also a graph input
+    (those can be overridden at run time), or a Constant node's output. Reads no data."""
+    if v is None:
+        return False
+    if v.const is not None:
+        return v.graph is None or not any(i is v for i in v.graph.inputs)
+    p = v.producer
+    return p is not None and p.op_type == "Constant" and not p.domain
+
+
+def constant_value(v: Value | None) -> np.ndarray | None:
+    """The data of `v` when `is_constant(v)`, else None (external weights stay mapped)."""
+    if not is_constant(v):
+        return None
+    if v.const is not None:
+        return np.asarray(v.const.numpy())
+    return constant_node_value(v.producer)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from compiler.ir import Graph, Node, Value
+from compiler.ir import Graph, Node, constant_node_value, constant_value, is_constant
 from compiler.onnx_io import node_to_proto
 from passes.base import Pass, PassConfig, PassContext, PassResult, register_pass
 
@@ -32,32 +32,12 @@ class FoldConfig(PassConfig):
     max_elements: int = 1 << 20
 
 
-def _is_const(v: Value) -> bool:
-    if v.const is None:
-        return False
-    g = v.graph
-    return g is None or not any(i is v for i in g.inputs)
-
-
-def _constant_attr(node: Node) -> np.ndarray | None:
-    """The value of a Constant node, whatever attribute holds it."""
-    for key, attr in node.attrs.items():
-        val = attr.value
-        if key == "value":
-            return np.asarray(val.numpy())
-        if key in ("value_float", "value_int"):
-            return np.asarray(val, dtype=np.float32 if key == "value_float" else np.int64)
-        if key in ("value_floats", "value_ints"):
-            return np.asarray(val, dtype=np.float32 if key == "value_floats" else np.int64)
-    return None
-
-
 def fold_node(node: Node) -> list[np.ndarray] | None:
     """Evaluate `node` on its constant inputs with ONNX's reference implementation."""
     from onnx.reference import ReferenceEvaluator
 
     if node.op_type == "Constant" and not node.domain:
-        c = _constant_attr(node)
+        c = constant_node_value(node)
         return None if c is None else [c]
     inputs, feeds, init = [], {}, []
     for i, v in enumerate(node.inputs):
@@ -66,7 +46,7 @@ def fold_node(node: Node) -> list[np.ndarray] | None:
             continue
         name = f"in{i}"
         inputs.append(name)
-        init.append(onnx.numpy_helper.from_array(np.asarray(v.const.numpy()), name))
+        init.append(onnx.numpy_helper.from_array(constant_value(v), name))
     outs = [f"out{i}" for i in range(len(node.outputs))]
     np_ = node_to_proto(node)
     del np_.input[:], np_.output[:]
@@ -120,9 +100,10 @@ class ConstantFolding(Pass):
             start, end = node.attr("start", 0), node.attr("end", None)
             return [np.asarray(shape[start:end], dtype=np.int64)]
         if node.op_type != "Constant" and (not node.inputs or not all(
-                v is None or _is_const(v) for v in node.inputs)):
+                v is None or is_constant(v) for v in node.inputs)):
             return None
-        in_size = sum(v.const.size for v in node.inputs if v is not None)
+        in_size = sum(v.const.size if v.const is not None else constant_value(v).size
+                      for v in node.inputs if v is not None)
         limit = max(self.config.max_elements, in_size)
         for o in node.outputs:  # refuse before computing a huge result
             shape = o.static_shape()

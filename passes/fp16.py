@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from compiler.errors import CompileError
-from compiler.ir import Graph, Node, Tensor, Value
+from compiler.ir import Graph, Node, Tensor, Value, constant_value, is_constant
 from compiler.onnx_io import export_onnx, import_onnx
 
 __all__ = ["to_fp16", "value_types"]
@@ -49,19 +49,11 @@ def _copy(graph: Graph) -> Graph:
     return new
 
 
-def _is_const(v: Value) -> bool:
-    return v.const is not None or (v.producer is not None and v.producer.op_type == "Constant"
-                                   and not v.producer.domain)
-
-
 def _const_array(v: Value) -> np.ndarray:
-    if v.const is not None:
-        return np.asarray(v.const.numpy())
-    attr = v.producer.attrs.get("value")  # type: ignore[union-attr]
-    if attr is None:
-        raise CompileError(f"Constant {v.name!r} has no 'value' tensor; fold it first")
-    return np.asarray(attr.value.numpy())
-
+    arr = constant_value(v)
+    if arr is None:
+        raise CompileError(f"{v.name!r} is not a readable constant; fold it first")
+    return arr
 
 def _const_size(v: Value) -> int:
     if v.const is not None:
@@ -109,7 +101,7 @@ class _Converter:
         key = (id(v), dtype)
         if key in self.cache:
             return self.cache[key]
-        if _is_const(v) and not any(v is i for i in self.g.inputs) and dtype in (_F16, _BF16):
+        if is_constant(v) and not any(v is i for i in self.g.inputs) and dtype in (_F16, _BF16):
             new = self.g.make_constant(_to_half(_const_array(v), dtype), f"{v.name}_{self.half}")
         else:
             new = Value(self.g.unique_name(f"{v.name}_to{'32' if dtype == _F32 else '16'}"),
@@ -130,10 +122,10 @@ class _Converter:
         elements is data, e.g. a weight sliced at a computed offset, not shape math)."""
         if node.op_type in ("Shape", "Size") and not node.domain:
             return True
-        live = [v for v in node.inputs if v is not None and not _is_const(v)]
+        live = [v for v in node.inputs if v is not None and not is_constant(v)]
         if not live or any(id(v) not in self.shape_vals for v in live):
             return False
-        return not any(v is not None and _is_const(v) and self.orig.get(v.name) == _F32
+        return not any(v is not None and is_constant(v) and self.orig.get(v.name) == _F32
                        and _const_size(v) > 16 for v in node.inputs)
 
     def _convertible(self, node: Node) -> onnx.defs.OpSchema | None:
@@ -168,7 +160,7 @@ class _Converter:
                 continue
             if self.half_str not in allowed.get(p, ()):
                 continue
-            live = [v for v in bound if not _is_const(v)]
+            live = [v for v in bound if not is_constant(v)]
             if p in fout or any(self.typ(v) == self.dtype for v in live) or (half and not live):
                 half.add(p)
         for i, (v, p) in enumerate(zip(node.inputs, fin)):

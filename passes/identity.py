@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.ir import Graph, Node, Value
+from compiler.ir import Graph, Node, Value, constant_value
 from passes.base import Pass, PassConfig, PassContext, PassResult, register_pass
 
 __all__ = ["IdentityElimination", "is_noop"]
@@ -33,11 +33,10 @@ class IdentityConfig(PassConfig):
 
 
 def _const(v: Value | None) -> np.ndarray | None:
-    if v is None or v.const is None or v.const.size > 4096:
+    """A small compile-time constant (large ones are never no-op operands)."""
+    if v is not None and v.const is not None and v.const.size > 4096:
         return None
-    if v.graph is not None and any(i is v for i in v.graph.inputs):
-        return None  # an initializer that is also an input can be overridden at run time
-    return np.asarray(v.const.numpy())
+    return constant_value(v)
 
 
 def _same_shape(a: Value, b: Value) -> bool:

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from compiler.ir import Graph, Node, Value
+from compiler.ir import constant_value as const_array  # re-exported for precision passes
 
 __all__ = [
     "QUANTIZABLE",
@@ -54,18 +55,6 @@ KEEP_FLOAT = frozenset({"Softmax", "LayerNormalization", "ReduceMean", "Exp", "L
                         "Sqrt", "Div", "Erf", "Gelu", "InstanceNormalization"})
 FLOAT_TYPES = {"fp16": T.FLOAT16, "bf16": T.BFLOAT16}
 _QDQ_TAG = "edgec_qdq"
-
-
-def const_array(v: Value | None) -> np.ndarray | None:
-    """The data of an initializer or Constant-node output, else None."""
-    if v is None:
-        return None
-    if v.const is not None:
-        return v.const.numpy()
-    p = v.producer
-    if p is not None and p.op_type == "Constant" and p.attr("value") is not None:
-        return p.attr("value").numpy()
-    return None
 
 
 def weight_input(node: Node) -> int | None:

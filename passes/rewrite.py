@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from compiler.ir import Graph, Node, Value
+from compiler.ir import constant_value as const_array  # re-exported for the rule modules
 
 __all__ = [
     "Alt", "Const", "GraphRule", "Match", "Op", "Opt", "Rule", "RuleSet", "RuleStats", "Var",
@@ -52,27 +53,6 @@ _COMMUTATIVE = {"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Xor", "Equal"}
 
 # --------------------------------------------------------------------------------------------
 # constants
-def const_array(v: Value | None) -> np.ndarray | None:
-    """The value of `v` if it is a compile-time constant, else None (weights are read lazily)."""
-    if v is None:
-        return None
-    if v.const is not None:
-        g = v.graph
-        if g is not None and any(i is v for i in g.inputs):
-            return None  # an initializer that is also an input can be overridden at run time
-        return np.asarray(v.const.numpy())
-    p = v.producer
-    if p is not None and p.op_type == "Constant" and not p.domain:
-        for key, a in p.attrs.items():
-            if key == "value":
-                return np.asarray(a.value.numpy())
-            if key in ("value_float", "value_floats"):
-                return np.asarray(a.value, dtype=np.float32)
-            if key in ("value_int", "value_ints"):
-                return np.asarray(a.value, dtype=np.int64)
-    return None
-
-
 def scalar(arr: np.ndarray | None) -> float | None:
     """The single value of a constant whose elements are all equal, else None."""
     if arr is None or arr.size == 0:

@@ -31,9 +31,9 @@ import numpy as np
 import onnx
 
 from compiler.errors import CompileError
-from compiler.ir import Graph, Node
+from compiler.ir import Graph, Node, constant_value, is_constant
 from compiler.onnx_io import export_onnx
-from passes.fp16 import _const_array, _is_const, to_fp16, value_types
+from passes.fp16 import to_fp16, value_types
 from targets.base import Backend, BuildConfig, LegalityReport, Runner, node_key, register_backend
 
 __all__ = ["TensorRtBackend", "TensorRtRunner", "to_fp16", "shape_ranges", "BUILD_SCRIPT",
@@ -354,7 +354,7 @@ def _trt_unsupported(node: Node) -> str:
         return f"{node.op_type} is not supported by the TensorRT ONNX parser ({_OPS_DOC})"
     if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.inputs) > 2:
         zp = node.inputs[2]
-        if zp is not None and _is_const(zp) and np.any(_const_array(zp) != 0):
+        if zp is not None and is_constant(zp) and np.any(constant_value(zp) != 0):
             return f"{node.op_type} needs a zero point of 0 in TensorRT ({_OPS_DOC})"
     for v in list(node.inputs) + list(node.outputs):
         if v is not None and v.dtype == onnx.TensorProto.STRING:
@@ -366,7 +366,7 @@ def _dla_fallback(node: Node, dla_ops, types: dict[str, int]) -> str:
     if dla_ops is not None and node.op_type not in dla_ops:
         return f"{node.op_type} is not a DLA op"
     if node.op_type == "MatMul" and len(node.inputs) > 1 and node.inputs[1] is not None \
-            and not _is_const(node.inputs[1]):
+            and not is_constant(node.inputs[1]):
         return "DLA MatMul needs a constant second input"
     if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
         return ""

@@ -254,3 +254,25 @@ def test_ort_float_layer_after_int8_layer_gets_its_input_quantized():
     rep2 = apply_precision(g2, vnni_host(), "openvino", "mixed", calib,
                            {"keep_float": ["fc3"], "min_sqnr_db": 10})
     assert "input_requantized" not in rep2["layers"]["fc3"]
+
+
+def test_overridable_initializer_is_not_baked_into_int8():
+    """An initializer that is also a graph input can be replaced at run time: it is not a
+    constant, so it must not be quantized into fixed int8 weights (nor converted by fp16)."""
+    w = nh.from_array(_f(16, 8), "W")
+    gp = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                      [h.make_tensor_value_info("x", T.FLOAT, [2, 16]),
+                       h.make_tensor_value_info("W", T.FLOAT, [16, 8])],
+                      [h.make_tensor_value_info("y", T.FLOAT, [2, 8])], [w])
+    model = h.make_model(gp, opset_imports=[h.make_opsetid("", 17)])
+    g = import_onnx(model)
+    apply_precision(g, get_profile("host"), "onnxruntime", "int8", [{"x": _f(2, 16)}], {})
+    mm = next(n for n in g if n.op_type == "MatMul")
+    dq = mm.inputs[1].producer
+    assert dq.op_type == "DequantizeLinear"
+    # quantized at run time like an activation (Q of the input W), not baked as int8 weights
+    assert dq.inputs[0].const is None and dq.inputs[0].producer.op_type == "QuantizeLinear"
+    assert dq.inputs[0].producer.inputs[0].name == "W"
+    g = import_onnx(model)
+    apply_precision(g, get_profile("host"), "onnxruntime", "fp16", None, {})
+    assert g.initializers["W"].const.dtype == T.FLOAT

@@ -43,7 +43,7 @@ import onnx
 
 from compiler.cost.flops import dims, node_flops, numel
 from compiler.cost.memory import ALIAS_OPS, activation_liveness, weight_bytes
-from compiler.ir import Graph, Node, Value
+from compiler.ir import Graph, Node, Value, is_constant
 
 __all__ = ["OP_CLASSES", "Kernel", "Params", "Prediction", "bindings_from_shapes", "kernels",
            "op_class", "predict", "prior_params", "resolve_config", "time_kernels"]
@@ -201,9 +201,7 @@ def _root(v: Value | None) -> Value | None:
 
 def _is_const(v: Value | None) -> bool:
     """A constant: an initializer or Constant output, possibly behind views (Identity, ...)."""
-    v = _root(v)
-    return v is not None and (v.const is not None or (
-        v.producer is not None and v.producer.op_type == "Constant"))
+    return is_constant(_root(v))
 
 
 def _is_weight(v: Value | None) -> bool:
