@@ -24,8 +24,8 @@ from compiler.errors import ExternalDataError, InvalidModelError
 from compiler.ir import Attr, Graph, Node, Value
 from compiler.tensor import ExternalRef, Tensor, safe_join
 
-__all__ = ["import_onnx", "export_onnx", "load_model_proto", "node_to_proto", "MIN_OPSET",
-           "MAX_OPSET"]
+__all__ = ["import_onnx", "export_onnx", "load_model_proto", "node_to_proto",
+           "fits_in_one_protobuf", "MIN_OPSET", "MAX_OPSET"]
 
 MIN_OPSET = 7
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -457,6 +457,11 @@ def _total_bytes(g: Graph) -> int:
     return n
 
 
+def fits_in_one_protobuf(graph: Graph) -> bool:
+    """Whether the model can be one in-memory ModelProto (2 GB limit, with room for the graph)."""
+    return _total_bytes(graph) <= _TWO_GB - (64 << 20)
+
+
 def _has_external(g: Graph) -> bool:
     return any(v.const is not None and v.const.external is not None
                for v in g.initializers.values())
@@ -475,11 +480,11 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *,
     if path is not None and not skeleton:
         path = Path(path)
         if external_data is None:
-            external_data = _has_external(graph) or _total_bytes(graph) > _TWO_GB - (64 << 20)
+            external_data = _has_external(graph) or not fits_in_one_protobuf(graph)
         if external_data:
             data_name = path.name + ".data"
             data_file = str(path.with_name(data_name))
-    elif not skeleton and _total_bytes(graph) > _TWO_GB - (64 << 20):
+    elif not skeleton and not fits_in_one_protobuf(graph):
         raise InvalidModelError(
             "the model's weights exceed 2 GB; export it to a path so they go to external data")
     info = graph.model

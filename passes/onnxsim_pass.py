@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from compiler.errors import MissingDependencyError
 from compiler.ir import Graph
-from compiler.onnx_io import _total_bytes, export_onnx, import_onnx
+from compiler.onnx_io import export_onnx, fits_in_one_protobuf, import_onnx
 from passes.base import Pass, PassConfig, PassContext, PassResult, register_pass
 
 __all__ = ["OnnxSimplifier"]
@@ -36,7 +36,7 @@ class OnnxSimplifier(Pass):
             import onnxsim
         except ImportError as e:
             raise MissingDependencyError("onnxsim", "all", "for the onnxsim pass") from e
-        if _total_bytes(graph) > (2 << 30) - (64 << 20):
+        if not fits_in_one_protobuf(graph):
             return PassResult(False, {"skipped": "model over 2 GB"})
         before = len(graph)
         model = export_onnx(graph)
