@@ -361,13 +361,21 @@ def _sweep(graph: Graph, rule_sets: list[RuleSet], ctx: Any,
 QUANTIZED = frozenset({"int8", "int4-weight"})
 
 
+def runs_quantized(node: Node) -> bool:
+    """Lowered by the precision pass, or (in a Q/DQ graph read from a file, which has no
+    `meta`) reading a DequantizeLinear: backends turn DQ -> op [-> Q] into an integer kernel."""
+    return node.meta.get("precision") in QUANTIZED or any(
+        v is not None and v.producer is not None and v.producer.op_type == "DequantizeLinear"
+        for v in node.inputs)
+
+
 def _try(graph: Graph, rule: Rule, node: Node, ctx: Any, st: RuleStats) -> int:
     reason = None
     for m in rule.match(node, graph):
         if any("fusion_group" in n.meta for n in m.nodes):
             reason = "node already in a fusion group"
             continue
-        if any(n.meta.get("precision") in QUANTIZED for n in m.nodes):
+        if any(runs_quantized(n) for n in m.nodes):
             reason = "node runs quantized: its Q/DQ pattern is left for the backend to fuse"
             continue
         if not rule.allow_shared_intermediates and _shared_intermediate(m):

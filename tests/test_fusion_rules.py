@@ -111,6 +111,29 @@ def test_matmul_add_becomes_gemm_for_2d():
     assert_same(m, out)
 
 
+def test_qdq_matmul_from_a_file_is_not_fused():
+    """A Q/DQ graph read from a file has no `meta["precision"]`; its quantized MatMul must still
+    be left alone (ONNX Runtime runs MatMul(DQ, DQ) + Add as an integer kernel, but a Gemm with
+    a float bias falls back to dequantizing the weight on every call, 100x slower)."""
+    w = RNG.integers(-127, 127, (16, 8)).astype(np.int8)
+    m = model([h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+               h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+               h.make_node("DequantizeLinear", ["wq", "ws"], ["wd"], axis=1),
+               h.make_node("MatMul", ["xd", "wd"], ["t"]),
+               h.make_node("Add", ["t", "bias"], ["y"])],
+              [("x", [4, 16])], [("y", [4, 8])],
+              {"bias": RNG.standard_normal(8)})
+    m.graph.initializer.extend([nh.from_array(w, "wq"),
+                                nh.from_array(np.full(8, 0.01, np.float32), "ws"),
+                                nh.from_array(np.array(0.05, np.float32), "xs"),
+                                nh.from_array(np.array(128, np.uint8), "xz")])
+    g, stats, out = fuse(m, backend=None)
+    assert ops(g)["MatMul"] == 1 and ops(g)["Add"] == 1 and "Gemm" not in ops(g)
+    assert stats["rules"]["matmul_add_gemm"]["refused"] == {
+        "node runs quantized: its Q/DQ pattern is left for the backend to fuse": 1}
+    assert_same(m, out)
+
+
 def test_matmul_add_3d_is_a_group_not_gemm():
     m = model([h.make_node("MatMul", ["x", "w"], ["t"]), h.make_node("Add", ["t", "bias"], ["y"])],
               [("x", [2, 4, 16])], [("y", [2, 4, 8])],
