@@ -238,6 +238,31 @@ def _requantize_float_inputs(graph: Graph, float_layers: set[str], ranges, act_d
     return done
 
 
+def _requantize_int8_outputs(graph: Graph, int8_layers: set[str], ranges, act_dtype) -> set:
+    """ONNX Runtime forms QLinearConv only for DQ -> Conv [-> Relu] -> Q; an int8 Conv whose
+    result goes on in float (into a residual Add, a pool, a graph output) runs as a float Conv
+    that dequantizes its weights on every call. So every reader of such a Conv's result (after
+    its Relu, if it has exactly one) gets a Q -> DQ, shared with the Q an int8 reader already
+    put there. MatMul/Gemm need none: ORT has float-output integer kernels for them. A result
+    that is a graph output is left alone (its name must stay); the report says which got it."""
+    done = set()
+    for n in [x for x in graph if x.name in int8_layers and x.op_type == "Conv"]:
+        v = n.outputs[0]
+        lo, hi = ranges.get(v.name, (None, None))
+        users = v.consumers()
+        if len(users) == 1 and users[0].op_type == "Relu" and not v.is_graph_output():
+            v = users[0].outputs[0]
+            lo, hi = ranges.get(v.name, (0.0, max(hi, 0.0) if hi is not None else None))
+        if hi is None or v.is_graph_output():
+            continue
+        for c in [c for c in v.consumers() if c.op_type != "QuantizeLinear"]:
+            for i, x in enumerate(c.inputs):
+                if x is v:
+                    qz.insert_act_qdq(graph, c, i, lo, hi, act_dtype, False)
+                    done.add(n.name)
+    return done
+
+
 def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapping],
           opts: dict, metric, proxy, cands: list[Node], report: dict) -> dict:
     index = {n.name: i for i, n in enumerate(graph)}
@@ -310,10 +335,11 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     qparams = {}
     for n in [x for x in graph if x.name in chosen_set]:
         qparams[n.name] = {"activation_qparams": lower(graph, n)["activations"]}
-    requantized = set()
+    requantized, out_requantized = set(), set()
     if be == "onnxruntime" and chosen and fprec == "fp32":
         requantized = _requantize_float_inputs(graph, set(infos) - chosen_set, calib.ranges,
                                                act_dtype)
+        out_requantized = _requantize_int8_outputs(graph, chosen_set, calib.ranges, act_dtype)
     if fprec != "fp32":
         for n in [x for x in graph if x.name in set(infos) - chosen_set]:
             qz.lower_float(graph, n, fprec)
@@ -333,6 +359,9 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
             entry["reason"] = ("int8 requested" if precision == "int8" else
                                f"int8: predicted {tf / ti:.2f}x faster, within the budget"
                                if math.isfinite(ti) and ti > 0 else "int8")
+            if name in out_requantized:
+                entry["output_requantized"] = ("its result is quantized so ONNX Runtime runs "
+                                               "it as QLinearConv")
         else:
             entry["precision"] = fprec
             if name in requantized:

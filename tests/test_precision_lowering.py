@@ -276,3 +276,42 @@ def test_overridable_initializer_is_not_baked_into_int8():
     g = import_onnx(model)
     apply_precision(g, get_profile("host"), "onnxruntime", "fp16", None, {})
     assert g.initializers["W"].const.dtype == T.FLOAT
+
+
+def test_ort_int8_conv_output_is_requantized_so_ort_forms_qlinearconv(tmp_path):
+    """Regression: ONNX Runtime forms QLinearConv only for DQ -> Conv [-> Relu] -> Q. An int8
+    Conv feeding a float Add (a residual block) ran as a float Conv that dequantized its weights
+    on every call. Its result now gets a Q -> DQ (shared with the next int8 layer's)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(1)
+    inits = [nh.from_array(_f(16, 16, 3, 3, rng=rng) * 0.1, f"w{i}") for i in range(2)]
+    nodes = [h.make_node("Conv", ["x", "w0"], ["a"], name="c1", pads=[1] * 4),
+             h.make_node("Relu", ["a"], ["ar"], name="r1"),
+             h.make_node("Conv", ["ar", "w1"], ["b"], name="c2", pads=[1] * 4),
+             h.make_node("Add", ["b", "ar"], ["s"], name="res"),
+             h.make_node("Relu", ["s"], ["y"], name="r2")]
+    gp = h.make_graph(nodes, "res", [h.make_tensor_value_info("x", T.FLOAT, [1, 16, 16, 16])],
+                      [h.make_tensor_value_info("y", T.FLOAT, [1, 16, 16, 16])], inits)
+    model = h.make_model(gp, opset_imports=[h.make_opsetid("", 17)])
+    calib = [{"x": _f(1, 16, 16, 16, rng=rng)} for _ in range(4)]
+    g = import_onnx(model)
+    rep = apply_precision(g, vnni_host(), "onnxruntime", "int8", calib, {})
+    # c2 feeds the float Add; c1's Relu feeds c2's Q and the Add, which now shares that Q
+    assert rep["layers"]["c2"].get("output_requantized") and \
+        rep["layers"]["c1"].get("output_requantized")
+    q_of_ar = [n for n in g if n.op_type == "QuantizeLinear" and n.inputs[0].name == "ar"]
+    assert len(q_of_ar) == 1
+    out = export_onnx(g)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == 2 and "Conv" not in ops and "FusedConv" not in ops, ops
+    x = {"x": calib[0]["x"]}
+    ref, got = _run(model, x), _run(out, x)
+    assert np.abs(ref - got).max() <= 0.05 * np.abs(ref).max()
+    g2 = import_onnx(model)  # OpenVINO fuses Q/DQ itself: nothing added there
+    rep2 = apply_precision(g2, vnni_host(), "openvino", "int8", calib, {})
+    assert not any(v.get("output_requantized") for v in rep2["layers"].values())
