@@ -91,6 +91,22 @@ def build(out_dir: str, profile: Any, config: BuildConfig) -> list[str]:
     return files + [BUILD_FILE]
 
 
+def host_library(model: Any, shapes: dict[str, Any], path: str) -> None:
+    """Compile `model` for this CPU as `build` does for the host (same import, pipeline and
+    default schedules, no tuning) into the shared library `path`. The cost-model calibration
+    harness measures these, so the fitted TVM numbers are the backend's, not a bare pipeline's."""
+    tvm = import_tvm()
+    from tvm import relax
+
+    from targets.devices import get_profile
+    from targets.tvm import tvm_target
+
+    host = get_profile("host")
+    mod = relax.transform.DecomposeOpsForInference()(_import(model, _inputs(model, shapes)))
+    ex, _ = _compile(tvm, mod, tvm_target(host), host, BuildConfig(), 0, [])
+    ex.export_library(path)
+
+
 def host_proxy(bundle_dir: str) -> Any:
     """A `TvmRunner` for the bundle's model.onnx rebuilt for this machine's CPU, in a temporary
     folder removed with the runner (the bundle itself is left untouched)."""

@@ -430,3 +430,21 @@ def test_missing_tvm_names_the_extra(monkeypatch):
         backend.build("unused", host_profile(), BuildConfig())
     assert not backend.can_run(host_profile())
     assert backend.versions() == {}
+
+
+def test_host_library_is_the_backend_build(tmp_path):
+    """The cost-calibration harness measures `host_library`: it must compile with the backend's
+    pipeline (CPU default schedules), run, and match ONNX Runtime."""
+    from tvm import relax
+
+    from targets.tvm_build import host_library
+
+    model = mlp_net()
+    path = str(tmp_path / "mlp.so")
+    host_library(model, {"x": [8, 512]}, path)
+    x = np.random.default_rng(3).standard_normal((8, 512)).astype(np.float32)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    ref = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

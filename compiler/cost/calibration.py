@@ -255,26 +255,17 @@ def measure(model_path: str, feeds_path: str, backend: str, options: Mapping[str
 
 
 def _tvm_library(model_path: str, feeds: dict[str, np.ndarray], threads: int) -> str:
-    """Compile (once, cached next to the model) with TVM Relax for this CPU; the .so path."""
+    """Compile (once, cached next to the model) as the TVM backend does for this CPU; the .so
+    path."""
     so = model_path + ".tvm.so"
     if os.path.exists(so):
         return so
     import onnx
-    import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
-    from targets.host import cpu_info, llvm_target
+    from targets.tvm_build import host_library
 
-    info = cpu_info()
-    mod = from_onnx(onnx.load(model_path), shape_dict={k: list(v.shape) for k, v in
-                                                      feeds.items()})
-    mod = relax.transform.DecomposeOpsForInference()(mod)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": llvm_target(
-        info["isa"], info["machine"])["mcpu"], "num-cores": info["cores"]})
-    with target:
-        mod = relax.get_pipeline("zero")(mod)
-    relax.build(mod, target=target).export_library(so + ".tmp.so")
+    host_library(onnx.load(model_path), {k: list(v.shape) for k, v in feeds.items()},
+                 so + ".tmp.so")
     os.replace(so + ".tmp.so", so)
     return so
 
