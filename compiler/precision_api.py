@@ -19,6 +19,10 @@ constraints (all optional):
 - "calibration_method": "minmax" | "percentile" (default) | "entropy"; "percentile" (99.999);
 - "sensitivity_samples" (default 32): calibration samples kept for sensitivity and checks;
 - "keep_float": node names never quantized; "int4_block_size": 32 (default) | 64 | 128;
+- "bias_correction" (default True): fold the mean output shift that weight quantization causes
+  into each quantized layer's bias (passes.bias_correction), from per-channel input means taken
+  in the calibration run; applied in the sensitivity copies too, so the budget sees it. For
+  int4-weight it needs calibration data and covers MatMul/Gemm (without calibration: off);
 - "batch": the deployment batch size the speed proxy judges layers at (default: the batch of
   the calibration samples; assumes the first input's leading dim is the batch).
 
@@ -38,6 +42,7 @@ import numpy as np
 from compiler.errors import ConstraintError
 from compiler.ir import Graph, Node
 from passes import quantize as qz
+from passes.bias_correction import input_mean_axis
 from passes.calibration import collect
 from passes.precision import (
     RooflineProxy,
@@ -52,7 +57,8 @@ __all__ = ["apply_precision", "PRECISIONS", "DEFAULTS", "top1_disagreement"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
 DEFAULTS = {"min_sqnr_db": 25.0, "max_metric_loss": 0.01, "calibration_method": "percentile",
-            "percentile": 99.999, "sensitivity_samples": 32, "int4_block_size": 32}
+            "percentile": 99.999, "sensitivity_samples": 32, "int4_block_size": 32,
+            "bias_correction": True}
 
 
 def _name_nodes(graph: Graph) -> None:
@@ -150,7 +156,10 @@ def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
         if graph.opset_imports.get("", 0) < 21 and be not in ("onnxruntime", "openvino"):
             _upgrade_opset(graph, 21)  # MatMulNBits is ORT/OpenVINO only: use standard DQ
             cands = candidate_layers(graph)
-        return _int4(graph, cands, opts, report)
+        means = {}
+        if opts["bias_correction"] and calibration is not None:
+            means = _input_means(graph, cands, _as_samples(calibration, graph))
+        return _int4(graph, cands, opts, report, means)
     if calibration is None:
         raise ConstraintError(
             f"precision {precision!r} needs calibration data to set activation ranges: pass "
@@ -177,14 +186,31 @@ def _upgrade_opset(graph: Graph, opset: int) -> None:
     graph.model.ir_version = model.ir_version
 
 
-def _int4(graph: Graph, cands: list[Node], opts: dict, report: dict) -> dict:
+def _mean_key(node: Node) -> tuple[str, int] | None:
+    """(input tensor, axis) whose per-channel mean bias correction needs for `node`."""
+    axis = input_mean_axis(node)
+    v = node.inputs[0] if node.inputs else None
+    if axis is None or v is None or qz.weight_input(node) is None:
+        return None
+    return v.name, axis
+
+
+def _input_means(graph: Graph, cands: list[Node], samples: Iterable[Mapping]) -> dict:
+    """Per-channel input means of the weight layers in `cands`, in one calibration run."""
+    keys = [k for k in map(_mean_key, cands) if k is not None]
+    return collect(graph, [], samples, keep=0, means=keys).means if keys else {}
+
+
+def _int4(graph: Graph, cands: list[Node], opts: dict, report: dict,
+          means: Mapping[tuple[str, int], np.ndarray]) -> dict:
     block = int(opts["int4_block_size"])
     if block not in (16, 32, 64, 128):
         raise ConstraintError(f"int4_block_size must be 16, 32, 64 or 128, not {block}")
     n4 = 0
     for n in list(cands):
         name, op = n.name, n.op_type
-        form = qz.lower_int4_weight(graph, n, block)
+        key, rec = _mean_key(n), {}
+        form = qz.lower_int4_weight(graph, n, block, input_mean=means.get(key), record=rec)
         if form is None:
             why = ("activations are float in int4-weight mode" if op == "Conv" or
                    qz.weight_input(n) is None else
@@ -194,7 +220,8 @@ def _int4(graph: Graph, cands: list[Node], opts: dict, report: dict) -> dict:
         else:
             n4 += 1
             report["layers"][name] = {"op": op, "precision": "int4-weight", "sensitivity": None,
-                                      "reason": f"int4 weights, block {block}, as {form}"}
+                                      "reason": f"int4 weights, block {block}, as {form}",
+                                      "bias_correction": rec or None}
     report["totals"] = {"layers": len(cands), "int4-weight": n4, "fp32": len(cands) - n4,
                         "block_size": block}
     return report
@@ -271,8 +298,10 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         tensors += [n.inputs[i].name for i in qz.activation_inputs(n)] + [n.outputs[0].name]
     method = opts["calibration_method"]
     kw = {"percentile": float(opts["percentile"])} if method == "percentile" else {}
+    mean_keys = [k for k in map(_mean_key, cands) if k is not None] \
+        if opts["bias_correction"] else []
     calib = collect(graph, tensors, samples, method, keep=int(opts["sensitivity_samples"]),
-                    **kw)
+                    means=mean_keys, **kw)
     unit = profile.main_unit
     act_dtype = qz.T.INT8 if be == "tensorrt" else qz.T.UINT8
     reduce_range = be == "onnxruntime" and unit.kind == "cpu" and not (
@@ -280,8 +309,10 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         "avx2" in unit.isa
 
     def lower(g: Graph, node: Node) -> dict:
+        key = _mean_key(node) if mean_keys else None
         return qz.lower_int8(g, node, calib.ranges, act_dtype=act_dtype,
-                             symmetric_act=be == "tensorrt", reduce_range=reduce_range)
+                             symmetric_act=be == "tensorrt", reduce_range=reduce_range,
+                             input_mean=calib.means.get(key) if key else None)
 
     fprec = _float_precision(profile, precision)
     scale = 1.0
@@ -334,7 +365,11 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     chosen_set = set(chosen)
     qparams = {}
     for n in [x for x in graph if x.name in chosen_set]:
-        qparams[n.name] = {"activation_qparams": lower(graph, n)["activations"]}
+        info = lower(graph, n)
+        qparams[n.name] = {"activation_qparams": info["activations"]}
+        if mean_keys:
+            qparams[n.name]["bias_correction"] = info.get("bias_correction") or {
+                "corrected": False, "why": "no constant float weight (or no input mean)"}
     requantized, out_requantized = set(), set()
     if be == "onnxruntime" and chosen and fprec == "fp32":
         requantized = _requantize_float_inputs(graph, set(infos) - chosen_set, calib.ranges,
@@ -390,6 +425,9 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
                         "predicted_speedup_quantizable_layers":
                             t_float / t_mixed if t_mixed > 0 else 1.0,
                         "measured_sqnr_db": budget_info["measured"]["sqnr_db"],
-                        "measured_cosine": final.cosine, "proxy": type(proxy).__name__}
+                        "measured_cosine": final.cosine, "proxy": type(proxy).__name__,
+                        "bias_corrected": sum(
+                            1 for q in qparams.values()
+                            if (q.get("bias_correction") or {}).get("corrected"))}
     return report
 

@@ -14,6 +14,10 @@ The histogram never stores samples: when a batch falls outside [lo, hi] the rang
 towards it and adjacent bin pairs merge, which is exact, so the histogram of a stream equals
 (up to that merging) the histogram of all its samples.
 
+`collect` can also accumulate per-channel means (`means`: (tensor, axis) pairs): a running
+float64 sum over every other axis and a count, so memory is O(channels) per tensor; weight bias
+correction (passes.bias_correction) needs E[x] per input channel of each quantized layer.
+
 `collect` also keeps the FP32 outputs of the first `keep` samples (and those samples), which
 the sensitivity analysis compares quantized models against.
 """
@@ -30,7 +34,8 @@ import onnx
 from compiler.errors import ConstraintError
 from compiler.ir import Graph
 
-__all__ = ["CalibrationResult", "HistogramObserver", "MinMaxObserver", "collect",
+__all__ = ["CalibrationResult", "ChannelMeanObserver", "HistogramObserver", "MinMaxObserver",
+           "collect",
            "make_observer", "make_session", "run_model", "METHODS"]
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -143,6 +148,40 @@ class HistogramObserver(MinMaxObserver):
         return max(self.min, -best_t), min(self.max, best_t)
 
 
+class ChannelMeanObserver:
+    """Running mean per index of `axis`, over all other axes (float64 sums, bounded memory).
+    A stream whose channel count changes has no mean (`value()` is None)."""
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self.sum: np.ndarray | None = None
+        self.count = 0
+        self.consistent = True
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x)
+        if not self.consistent or x.ndim == 0 or not x.size:
+            return
+        if not -x.ndim <= self.axis < x.ndim:
+            self.consistent = False
+            return
+        axis = self.axis % x.ndim
+        s = x.astype(np.float64).sum(axis=tuple(i for i in range(x.ndim) if i != axis))
+        if self.sum is None:
+            self.sum = s
+        elif self.sum.shape != s.shape:
+            self.consistent = False
+            return
+        else:
+            self.sum += s
+        self.count += x.size // x.shape[axis]
+
+    def value(self) -> np.ndarray | None:
+        if not self.consistent or self.sum is None or not self.count:
+            return None
+        return self.sum / self.count
+
+
 def make_observer(method: str = "minmax", **kw) -> MinMaxObserver:
     """An observer for `method` in METHODS; `kw` goes to HistogramObserver."""
     if method == "minmax":
@@ -175,7 +214,8 @@ def run_model(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
 
 @dataclass
 class CalibrationResult:
-    """Per-tensor ranges and shapes, plus kept samples and their FP32 outputs."""
+    """Per-tensor ranges and shapes, kept samples and their FP32 outputs, and the requested
+    per-channel means keyed by (tensor, axis)."""
 
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -183,6 +223,7 @@ class CalibrationResult:
     reference: list[dict[str, np.ndarray]] = field(default_factory=list)
     n_samples: int = 0
     method: str = "minmax"
+    means: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
 
 def _augmented(graph: Graph, names: Iterable[str]) -> onnx.ModelProto:
@@ -201,11 +242,14 @@ def _augmented(graph: Graph, names: Iterable[str]) -> onnx.ModelProto:
 
 def collect(graph: Graph, tensors: Iterable[str], calibration: Iterable[Mapping],
             method: str = "minmax", *, keep: int = 32, max_samples: int | None = None,
-            threads: int = 2, **observer_kw) -> CalibrationResult:
-    """Run `graph` over `calibration` (feed dicts) and observe `tensors` (value names)."""
+            threads: int = 2, means: Iterable[tuple[str, int]] = (),
+            **observer_kw) -> CalibrationResult:
+    """Run `graph` over `calibration` (feed dicts) and observe `tensors` (value names); for each
+    (tensor, axis) in `means` also the per-channel mean along `axis` (in the same run)."""
     tensors = list(dict.fromkeys(tensors))
+    mean_obs = {(t, int(a)): ChannelMeanObserver(int(a)) for t, a in means}
     outputs = [o.name for o in graph.outputs]
-    sess = make_session(_augmented(graph, tensors))
+    sess = make_session(_augmented(graph, tensors + [t for t, _ in mean_obs]))
     obs = {t: make_observer(method, **observer_kw) for t in tensors}
     res = CalibrationResult(method=method)
     it = iter(calibration)
@@ -217,6 +261,8 @@ def collect(graph: Graph, tensors: Iterable[str], calibration: Iterable[Mapping]
         for t in tensors:
             obs[t].update(got[t])
             res.shapes.setdefault(t, tuple(got[t].shape))
+        for (t, _), m in mean_obs.items():
+            m.update(got[t])
         if len(res.samples) < keep:
             res.samples.append(feeds)
             res.reference.append({o: got[o] for o in outputs})
@@ -224,4 +270,5 @@ def collect(graph: Graph, tensors: Iterable[str], calibration: Iterable[Mapping]
     if res.n_samples == 0:
         raise ConstraintError("the calibration data holds no samples")
     res.ranges = {t: tuple(float(x) for x in o.range()) for t, o in obs.items()}
+    res.means = {k: v for k, m in mean_obs.items() if (v := m.value()) is not None}
     return res

@@ -216,6 +216,7 @@ class PrecisionConfig(PassConfig):
     min_sqnr_db: float | None = None
     max_metric_loss: float | None = None
     calibration_method: str | None = None
+    bias_correction: bool | None = None
 
 
 @register_pass
@@ -233,7 +234,8 @@ class PrecisionPass(Pass):
         cfg = self.config
         constraints = {k: v for k, v in (("min_sqnr_db", cfg.min_sqnr_db),
                                          ("max_metric_loss", cfg.max_metric_loss),
-                                         ("calibration_method", cfg.calibration_method))
+                                         ("calibration_method", cfg.calibration_method),
+                                         ("bias_correction", cfg.bias_correction))
                        if v is not None}
         report = apply_precision(graph, ctx.profile, ctx.backend, cfg.precision,
                                  ctx.options.get("calibration"), constraints,

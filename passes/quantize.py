@@ -14,7 +14,9 @@ INT8 (Conv, MatMul, Gemm), the QDQ form ONNX Runtime's `quantize_static` and Ten
   default, int8 symmetric (z = 0) for TensorRT. One Q -> DQ pair per tensor, placed right after
   its producer and shared by every quantized reader;
 - bias (Conv input 2, Gemm C of length N): int32 with scale s_x * s_c, zero point 0, so ONNX
-  Runtime can fuse the group into QLinearConv / QGemm.
+  Runtime can fuse the group into QLinearConv / QGemm;
+- with `input_mean` (the calibrated per-channel mean of the layer's input), the bias first
+  absorbs the mean output shift the weight rounding causes (passes.bias_correction).
 
 INT4 weight-only (MatMul/Gemm with a constant [K, N] weight): per block of `block_size` rows of
 K and per column n, s = max|W| / 7, W_q = clip(round(W/s), -8, 7). Emitted as
@@ -34,6 +36,7 @@ import onnx
 
 from compiler.ir import Graph, Node, Value
 from compiler.ir import constant_value as const_array  # re-exported for precision passes
+from passes import bias_correction as bc
 
 __all__ = [
     "QUANTIZABLE",
@@ -190,9 +193,11 @@ def _drop_if_unused(graph: Graph, v: Value | None) -> None:
 # lowerings
 def lower_int8(graph: Graph, node: Node, ranges: dict[str, tuple[float, float]], *,
                act_dtype: int = T.UINT8, symmetric_act: bool = False,
-               reduce_range: bool = False) -> dict:
+               reduce_range: bool = False, input_mean: np.ndarray | None = None) -> dict:
     """Quantize one Conv/MatMul/Gemm: per-channel int8 weight, per-tensor activations, int32
-    bias. `ranges` maps activation value names to calibrated (lo, hi). Returns the params."""
+    bias. `ranges` maps activation value names to calibrated (lo, hi); `input_mean`, the mean
+    of input 0 per channel (`bias_correction.input_mean_axis`), turns on bias correction.
+    Returns the params (with "bias_correction", the correction's record, when it ran)."""
     info: dict = {"activations": {}}
     scales = {}
     for i in activation_inputs(node):
@@ -211,6 +216,14 @@ def lower_int8(graph: Graph, node: Node, ranges: dict[str, tuple[float, float]],
         _drop_if_unused(graph, wv)
         info["weight"] = {"axis": axis, "channels": int(ws.size), "bits": 7 if reduce_range
                           else 8}
+        shift = None
+        if input_mean is not None:
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            shift = bc.weight_shift(node, w, q.astype(np.float32) * ws.reshape(shape),
+                                    input_mean)
+            info["bias_correction"] = bc.fold_shift(graph, node, shift) if shift is not None \
+                else {"corrected": False, "why": "the input mean does not match the weight"}
         bi = 2 if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2 else None
         b = const_array(node.inputs[bi]) if bi is not None else None
         if b is not None and b.ndim == 1 and b.size == ws.size and \
@@ -223,6 +236,9 @@ def lower_int8(graph: Graph, node: Node, ranges: dict[str, tuple[float, float]],
                                              np.zeros(bs.shape, np.int32), 0, bv.name))
                 _drop_if_unused(graph, bv)
                 info["bias"] = "int32"
+                if shift is not None and info["bias_correction"]["corrected"]:
+                    info["bias_correction"]["max_shift_in_bias_steps"] = float(
+                        np.max(np.abs(shift) / bs, initial=0.0))
     node.meta["precision"] = "int8"
     return info
 
@@ -283,9 +299,12 @@ def fold_cast_pairs(graph: Graph) -> int:
     return removed
 
 
-def lower_int4_weight(graph: Graph, node: Node, block_size: int = 32) -> str | None:
+def lower_int4_weight(graph: Graph, node: Node, block_size: int = 32, *,
+                      input_mean: np.ndarray | None = None,
+                      record: dict | None = None) -> str | None:
     """INT4 block-wise weights for a MatMul/Gemm with a [K, N] (or transB [N, K]) weight.
-    Returns the form used ("dq21" or "matmulnbits") or None when the layer does not fit."""
+    Returns the form used ("dq21" or "matmulnbits") or None when the layer does not fit.
+    `input_mean` (per input feature) turns on bias correction; its record goes to `record`."""
     if node.op_type not in ("MatMul", "Gemm") or weight_input(node) is None:
         return None
     wv = node.inputs[1]
@@ -308,6 +327,13 @@ def lower_int4_weight(graph: Graph, node: Node, block_size: int = 32) -> str | N
     s = np.max(np.abs(blocks), axis=1) / 7.0
     s = np.where(s > 0, s, 1.0).astype(np.float32)  # [K/B, N]
     q = np.clip(np.round(blocks / s[:, None, :]), -8, 7).astype(np.int8).reshape(k, n)
+    if input_mean is not None:
+        w_q = (q.reshape(k // block_size, block_size, n) * s[:, None, :]).reshape(k, n)
+        shift = bc.linear_shift(w, w_q, input_mean)  # [K, N] here whatever transB says
+        rec = bc.fold_shift(graph, node, shift) if shift is not None else \
+            {"corrected": False, "why": "the input mean does not match the weight"}
+        if record is not None:
+            record.update(rec)
     opset = graph.root.opset_imports.get("", 0)
     if opset >= 21:
         import ml_dtypes
