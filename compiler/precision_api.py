@@ -375,6 +375,9 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         requantized = _requantize_float_inputs(graph, set(infos) - chosen_set, calib.ranges,
                                                act_dtype)
         out_requantized = _requantize_int8_outputs(graph, chosen_set, calib.ranges, act_dtype)
+        for n in [x for x in graph if x.name in chosen_set]:
+            if qz.int32_bias_add(graph, n):
+                qparams[n.name]["bias"] = "int32"
     if fprec != "fp32":
         for n in [x for x in graph if x.name in set(infos) - chosen_set]:
             qz.lower_float(graph, n, fprec)

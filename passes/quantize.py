@@ -243,6 +243,36 @@ def lower_int8(graph: Graph, node: Node, ranges: dict[str, tuple[float, float]],
     return info
 
 
+def int32_bias_add(graph: Graph, node: Node) -> bool:
+    """For an int8 MatMul followed by `Add(result, b)` with a constant per-column bias b [N]:
+    give b as DequantizeLinear(int32, scale = input scale x weight scale per column), the form
+    ONNX Runtime needs to fuse the pair into an integer Gemm (QGemm) even when the result stays
+    float. Exact up to the bias rounding (|error| <= scale / 2). Returns whether it did."""
+    x, w = (node.inputs[i].producer if node.inputs[i] is not None else None for i in (0, 1))
+    users = node.outputs[0].consumers()
+    if node.op_type != "MatMul" or x is None or w is None or x.op_type != "DequantizeLinear" \
+            or w.op_type != "DequantizeLinear" or len(users) != 1 or \
+            users[0].op_type != "Add" or node.outputs[0].is_graph_output():
+        return False
+    add = users[0]
+    bi = 1 if add.inputs[0] is node.outputs[0] else 0
+    b = const_array(add.inputs[bi])
+    xs, ws = const_array(x.inputs[1]), const_array(w.inputs[1])
+    if b is None or xs is None or ws is None or np.ndim(xs) != 0 or b.ndim != 1 or \
+            np.size(ws) not in (1, b.size) or w.attr("axis", 1) not in (1, -1):
+        return False
+    bs = (np.broadcast_to(np.asarray(ws, np.float32), b.shape) * np.float32(xs)).astype(
+        np.float32)
+    qb = np.round(b.astype(np.float64) / bs)
+    if not (np.all(bs > 0) and np.all(np.abs(qb) < 2**31 - 1)):
+        return False
+    bv = add.inputs[bi]
+    add.set_input(bi, _dq_const(graph, add, qb.astype(np.int32), bs,
+                                np.zeros(bs.shape, np.int32), 0, bv.name))
+    _drop_if_unused(graph, bv)
+    return True
+
+
 def lower_float(graph: Graph, node: Node, precision: str) -> None:
     """Run `node` in fp16/bf16: cast float inputs (weights offline), cast the output back."""
     elem = FLOAT_TYPES[precision]
