@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from benchmarks.common import print_table
 from compiler.cost import calibration as C
 from compiler.cost.memory import activation_liveness, weight_bytes
-from compiler.cost.model import kernels, prior_params, time_kernels
+from compiler.cost.model import kernels, prior_params
 from compiler.onnx_io import export_onnx, import_onnx
 
 ROOT = Path(__file__).resolve().parent.parent / ".cache" / "cost-bench"
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             if r["group"] == group:
                 p = lomo[(group, r["config"]["backend"])]
                 s = _sample(r)
-                pred = time_kernels(s.kernels, p, profile, s.config)[0] * 1e3
+                pred = C.predict_sample(s, p, profile)
                 mem = p.mem_w * s.weights_mb + p.mem_a * s.acts_mb + p.mem_base_mb
                 scored.append((r, pred, mem))
     _report(scored, rows, lomo, profile, backends)

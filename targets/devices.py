@@ -117,6 +117,7 @@ class ComputeUnit:
     cuda_arch: str | None = None
     ops: frozenset[str] | None = None  # ONNX op types it runs; None = any
     static_shapes: bool = False  # this unit needs every shape known at compile time
+    cache_bytes: Sourced | None = None  # last-level cache the unit reads through; None unknown
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peak_ops", FrozenMap(self.peak_ops))

@@ -69,6 +69,24 @@ def cpu_info() -> dict[str, Any]:
             "cores": cores, "isa": isa}
 
 
+def last_level_cache() -> Sourced | None:
+    """The largest data/unified CPU cache sysfs lists (usually the L3), or None."""
+    best = 0
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (d / "type").read_text().strip() == "Instruction":
+                continue
+            size = (d / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)
+        digits = size.rstrip("KMG")
+        if digits.isdigit():
+            best = max(best, int(digits) * mult)
+    return Sourced(float(best), "measured: sysfs cpu0 cache sizes (largest data level)") \
+        if best else None
+
+
 def llvm_target(isa: tuple[str, ...], machine: str) -> dict[str, str]:
     """TVM/LLVM target pieces for this CPU: the newest LLVM CPU name its flags imply."""
     if machine in ("aarch64", "arm64"):
@@ -268,7 +286,7 @@ def _build(info: dict[str, Any], meas: dict[str, Any]) -> DeviceProfile:
         if "avx512_fp16" not in isa:
             constraints.append("no AVX512-FP16: fp16 compute is emulated on the CPU")
     cpu = ComputeUnit("cpu", "cpu", peak_ops=peaks, cores=info["cores"], isa=isa,
-                      llvm=llvm_target(isa, info["machine"]))
+                      llvm=llvm_target(isa, info["machine"]), cache_bytes=last_level_cache())
     bw = meas["bandwidth"]
     return DeviceProfile(
         name="host",

@@ -130,27 +130,43 @@ class Sample:
     rss_mb: float | None = None
 
 
-def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
-    """Per kernel: seconds at efficiency 1 (compute, memory), key index, sample index."""
-    from compiler.cost.model import _peak
+def _footprint(s: Sample) -> float:
+    return (s.weights_mb + s.acts_mb) * 2**20
 
-    comp, mem, kidx, sidx, nk = [], [], [], [], []
+
+def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
+    """Per kernel: seconds at efficiency 1 (compute on all cores, memory at DRAM bandwidth),
+    key index, sample index, cached share of its bytes, threads/cores, conv-without-runtime-
+    fusion flag; and kernels per sample."""
+    from compiler.cost.model import NATIVE_FUSION, _peak, cache_fraction
+
+    cols: dict[str, list] = {k: [] for k in ("comp", "mem", "kidx", "sidx", "cache", "thr",
+                                             "cores", "unfused")}
+    nk = []
     for i, s in enumerate(samples):
         cfg = resolve_config(s.config, profile)
         u = profile.unit(cfg["unit"]) if cfg["unit"] else profile.main_unit
         cores = (u.cores if u is not None else None) or 1
-        thr = cfg["threads"]
-        s_thr = thr / cores if 0 < thr < cores else 1.0
         bw = profile.bandwidth(cfg["power_mode"])
+        f = cache_fraction(profile, cfg["unit"], _footprint(s))
+        off = not cfg["fusion"] and not NATIVE_FUSION.get(cfg["backend"], False)
         for k in s.kernels:
-            comp.append(k.flops / (_peak(profile, k.precision, cfg["unit"], cfg["power_mode"])
-                                   * s_thr))
-            mem.append(k.bytes / bw)
-            kidx.append(keys.index(eff_key(k.op_class, k.precision)))
-            sidx.append(i)
+            cols["comp"].append(k.flops / _peak(profile, k.precision, cfg["unit"],
+                                                cfg["power_mode"]))
+            cols["mem"].append(k.bytes / bw)
+            cols["kidx"].append(keys.index(eff_key(k.op_class, k.precision)))
+            cols["sidx"].append(i)
+            cols["cache"].append(f)
+            cols["thr"].append(cfg["threads"] if 0 < cfg["threads"] < cores else cores)
+            cols["cores"].append(cores)
+            cols["unfused"].append(off and k.op_class == "conv")
         nk.append(len(s.kernels))
-    return (np.array(comp), np.array(mem), np.array(kidx, int), np.array(sidx, int),
-            np.array(nk, float))
+    out = {k: np.array(v, int if k in ("kidx", "sidx") else float) for k, v in cols.items()}
+    out["nk"] = np.array(nk, float)
+    return out
+
+
+_EXTRA = ("inv_bw", "launch_us", "call_us", "inv_bw_cache", "par_eff", "unfused")
 
 
 def _unpack(theta: np.ndarray, keys: list[str], base: Params) -> Params:
@@ -158,7 +174,8 @@ def _unpack(theta: np.ndarray, keys: list[str], base: Params) -> Params:
     p.inv_eff = dict(base.inv_eff)
     for i, k in enumerate(keys):
         p.inv_eff[k] = float(np.exp(theta[i]))
-    p.inv_bw, p.launch_us, p.call_us = (float(np.exp(t)) for t in theta[len(keys):])
+    for name, t in zip(_EXTRA, theta[len(keys):]):
+        setattr(p, name, float(np.exp(t)))
     return p
 
 
@@ -169,20 +186,27 @@ def fit(samples: Sequence[Sample], profile, backend: str, prior: Params | None =
 
     prior = prior or prior_params(profile, backend)
     keys = sorted(prior.inv_eff)
-    theta0 = np.log([prior.inv_eff[k] for k in keys] + [prior.inv_bw, prior.launch_us,
-                                                          prior.call_us])
-    comp, mem, kidx, sidx, nk = _arrays(samples, profile, keys)
+    theta0 = np.log([prior.inv_eff[k] for k in keys] + [getattr(prior, n) for n in _EXTRA])
+    a = _arrays(samples, profile, keys)
     meas = np.log([s.latency_ms * 1e-3 for s in samples])
-    n = len(samples)
+    n, nkeys = len(samples), len(keys)
+    lo = np.full(len(theta0), -np.inf)
+    hi = np.full(len(theta0), np.inf)
+    lo[nkeys + 4], hi[nkeys + 4] = np.log(0.2), 0.0  # parallel efficiency in [0.2, 1]
+    theta0 = np.clip(theta0, lo + 1e-9, hi - 1e-9)
 
     def resid(theta: np.ndarray) -> np.ndarray:
         e = np.exp(theta)
-        kt = np.maximum(comp * e[kidx], mem * e[len(keys)])
-        t = np.bincount(sidx, kt, minlength=n) + nk * e[len(keys) + 1] * 1e-6 + \
-            e[len(keys) + 2] * 1e-6
+        bw, launch, call, bw_cache, pe, unf = e[nkeys:]
+        s_thr = (1 + (a["thr"] - 1) * pe) / (1 + (a["cores"] - 1) * pe)
+        comp = a["comp"] * e[a["kidx"]] * np.where(a["unfused"] > 0, unf, 1.0) / s_thr
+        mem = a["mem"] * (a["cache"] * bw_cache + (1 - a["cache"]) * bw)
+        t = np.bincount(a["sidx"], np.maximum(comp, mem), minlength=n) + \
+            a["nk"] * launch * 1e-6 + call * 1e-6
         return np.concatenate([np.log(t) - meas, np.sqrt(weight) * (theta - theta0)])
 
-    sol = least_squares(resid, theta0, method="trf", x_scale=1.0, max_nfev=2000)
+    sol = least_squares(resid, theta0, method="trf", bounds=(lo, hi), x_scale=1.0,
+                        max_nfev=2000)
     p = _unpack(sol.x, keys, prior)
     p.source = f"fitted on {n} host measurements ({backend})"
     return p
@@ -206,7 +230,7 @@ def fit_memory(samples: Sequence[Sample], params: Params) -> Params:
 def predict_sample(s: Sample, params: Params, profile) -> float:
     from compiler.cost.model import time_kernels
 
-    return time_kernels(s.kernels, params, profile, s.config)[0] * 1e3
+    return time_kernels(s.kernels, params, profile, s.config, _footprint(s))[0] * 1e3
 
 
 # ------------------------------------------------------------------------------ harness

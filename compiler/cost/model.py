@@ -6,12 +6,22 @@ their own (OpenVINO, TVM, TensorRT always; ONNX Runtime when `fusion` is on, i.e
 optimisation level "all") also merge an elementwise node into the kernel producing its input
 when that input has no other reader, and fold BatchNormalization into a preceding Conv. View
 ops (Reshape, Squeeze, ...), Shape/Constant and DequantizeLinear of constant weights cost
-nothing; with Q/DQ fusion a DequantizeLinear of an activation merges into its reader.
+nothing; with Q/DQ fusion a DequantizeLinear of an activation merges into its reader. ONNX
+Runtime forms an integer Conv only for DQ -> Conv [-> Relu] -> Q; an int8 Conv whose result is
+not re-quantized is costed as it runs there: a float Conv plus a weight DequantizeLinear.
 
 Per kernel k on the configured compute unit (default: the profile's main unit):
 
-    t_k = max(F_k / (peak[p_k] * s_thr * eff[c_k, p_k]),  B_k / (bw * eff_bw)) + t_launch
+    t_k = max(u_k F_k / (peak[p_k] * s_thr * eff[c_k, p_k]),  B_k * beta) + t_launch
     T   = t_call + sum_k t_k
+    beta = (f / eff_llc + (1 - f) / eff_bw) / bw,   f = min(1, LLC / (weights + peak acts))
+    s_thr = (1 + (n - 1) pe) / (1 + (cores - 1) pe) for n < cores threads, else 1
+
+f is the share of the model's bytes that stays in the unit's last-level cache between
+inferences (0 where the profile gives no cache size): a GEMV whose weights fit in cache runs
+well above DRAM bandwidth. pe is the fitted parallel efficiency of one more thread. u_k =
+`unfused` (fitted) for convs when the runtime's own graph fusion is off (ONNX Runtime "basic":
+no NCHWc layouts, no Conv+activation fusion), else 1.
 
 F_k = FLOPs (compiler.cost.flops), B_k = bytes read from outside the kernel plus bytes
 written that leave it, c_k the op class of its anchor node (conv, matmul, attention,
@@ -46,7 +56,8 @@ from compiler.cost.memory import ALIAS_OPS, activation_liveness, weight_bytes
 from compiler.ir import Graph, Node, Value, is_constant
 
 __all__ = ["OP_CLASSES", "Kernel", "Params", "Prediction", "bindings_from_shapes", "kernels",
-           "op_class", "predict", "prior_params", "resolve_config", "time_kernels"]
+           "op_class", "predict", "prior_params", "resolve_config", "thread_scale",
+           "time_kernels"]
 
 OP_CLASSES = ("conv", "matmul", "attention", "elementwise", "norm", "data")
 FREE_OPS = ALIAS_OPS | {"Shape", "Size", "Constant", "ConstantOfShape"}
@@ -93,6 +104,9 @@ class Params:
     inv_bw: float = 1.5
     launch_us: float = 5.0
     call_us: float = 20.0
+    inv_bw_cache: float = 0.4  # last-level-cache bandwidth = DRAM bandwidth / inv_bw_cache
+    par_eff: float = 0.9  # each extra thread adds par_eff of one thread's speed
+    unfused: float = 1.3  # conv slow-down when the runtime's own fusion/layout passes are off
     mem_w: float = 1.0
     mem_a: float = 1.0
     mem_base_mb: float = 0.0
@@ -309,6 +323,19 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
             free.add(id(n))
         elif op == _DQ and native:
             free.add(id(n))  # merged into its reader by Q/DQ fusion
+    if cfg["backend"] == "onnxruntime" and not simulate:
+        slow = []
+        for n in nodes:  # ORT's QDQ selector needs DQ -> Conv [-> Relu] -> Q
+            w = n.inputs[1] if n.op_type == "Conv" and len(n.inputs) > 1 else None
+            if prec[id(n)] == "int8" and w is not None and w.producer is not None and \
+                    not _result_quantized(n):
+                prec[id(n)] = "fp32"  # a float Conv, its weights dequantized on every call
+                free.discard(id(w.producer))
+                slow.append(n.name or "Conv")
+        if slow:
+            notes.append(f"{len(slow)} int8 Conv(s) ({', '.join(slow[:3])}) have a result that "
+                         "is not re-quantized: ONNX Runtime runs them in float and dequantizes "
+                         "their weights on every call")
     if native:
         for n in nodes:
             cls = op_class(n)
@@ -353,6 +380,16 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
     return out, notes
 
 
+def _result_quantized(node: Node) -> bool:
+    """Whether `node`'s result (after a single Relu) is read only by QuantizeLinear nodes."""
+    v = node.outputs[0]
+    users = v.consumers()
+    if len(users) == 1 and users[0].op_type == "Relu" and not v.is_graph_output():
+        v = users[0].outputs[0]
+        users = v.consumers()
+    return bool(users) and not v.is_graph_output() and all(u.op_type == _Q for u in users)
+
+
 def _dtype_width(dt: int | None) -> float:
     if dt in _INT8:
         return 1.0
@@ -393,21 +430,43 @@ def _peak(profile, prec: str, unit: str | None, mode: str | None) -> float:
     return profile.peak("fp32", None, mode) or 1e9
 
 
-def time_kernels(ks: list[Kernel], params: Params, profile, config: Mapping[str, Any]
-                 ) -> tuple[float, list[tuple[float, str]]]:
-    """Total seconds and (seconds, bound) per kernel."""
+def thread_scale(threads: int, cores: int, par_eff: float) -> float:
+    """Speed with `threads` relative to all `cores`: 1 + (n - 1) * par_eff threads' worth."""
+    if not 0 < threads < cores:
+        return 1.0
+    return (1 + (threads - 1) * par_eff) / (1 + (cores - 1) * par_eff)
+
+
+def cache_fraction(profile, unit: str | None, footprint: float) -> float:
+    """The share of a model's bytes that stays in the last-level cache between inferences:
+    min(1, cache / (weights + peak activations)); 0 where the unit's cache is unknown."""
+    u = profile.unit(unit) if unit else profile.main_unit
+    c = getattr(u, "cache_bytes", None) if u is not None else None
+    if c is None or not c.value or footprint <= 0:
+        return 0.0
+    return min(1.0, c.value / footprint)
+
+
+def time_kernels(ks: list[Kernel], params: Params, profile, config: Mapping[str, Any],
+                 footprint: float = 0.0) -> tuple[float, list[tuple[float, str]]]:
+    """Total seconds and (seconds, bound) per kernel. `footprint`: the model's weight plus
+    peak activation bytes, for the cached share of memory traffic."""
     cfg = resolve_config(config, profile)
     unit, mode = cfg["unit"], cfg["power_mode"]
     u = profile.unit(unit) if unit else profile.main_unit
     cores = (u.cores if u is not None else None) or 1
-    thr = cfg["threads"]
-    s_thr = thr / cores if 0 < thr < cores else 1.0
-    bw = profile.bandwidth(mode) / params.inv_bw
+    s_thr = thread_scale(cfg["threads"], cores, params.par_eff)
+    f = cache_fraction(profile, unit, footprint)
+    sec_per_byte = (f * params.inv_bw_cache + (1 - f) * params.inv_bw) / profile.bandwidth(mode)
+    unfused = params.unfused if not cfg["fusion"] and not NATIVE_FUSION.get(
+        cfg["backend"], False) else 1.0
     per, total = [], params.call_us * 1e-6
     for k in ks:
         inv = params.inv_eff.get(eff_key(k.op_class, k.precision), 2.0)
+        if k.op_class == "conv":
+            inv *= unfused
         tc = k.flops * inv / (_peak(profile, k.precision, unit, mode) * s_thr)
-        tm = k.bytes / bw
+        tm = k.bytes * sec_per_byte
         t = max(tc, tm) + params.launch_us * 1e-6
         per.append((t, "compute" if tc >= tm else "memory"))
         total += t
@@ -440,10 +499,10 @@ def predict(graph: Graph, config: Mapping[str, Any] | None, profile, *,
     params, notes = _params(calibration, profile, cfg)
     ks, more = kernels(graph, cfg, profile, bind)
     notes += more
-    seconds, per = time_kernels(ks, params, profile, cfg)
     widths = _weight_width(graph, cfg, profile, bind)
     wbytes = weight_bytes(graph, lambda v: widths.get(id(v)), bind)
     acts = activation_liveness(graph, bind, fused=True).peak_bytes
+    seconds, per = time_kernels(ks, params, profile, cfg, wbytes + acts)
     mem = params.mem_w * wbytes + params.mem_a * acts + params.mem_base_mb * 2**20
     watts = profile.power(cfg["power_mode"]).watts.value
     unc = params.uncertainty + (0.1 if any("simulated" in a for a in notes) else 0.0)

@@ -1,0 +1,75 @@
+"""Cost-model terms for how runtimes really behave: ONNX Runtime's Q/DQ Conv rule, the
+last-level cache, thread scaling (no timing: the numbers come from the model)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from compiler.cost.model import Params, kernels, predict, prior_params, thread_scale
+from compiler.onnx_io import import_onnx
+from compiler.precision_api import apply_precision
+from passes.shape_inference import infer_shapes
+from targets.devices import Sourced, get_profile
+from tests.test_precision_assign import vnni_host
+
+
+def _conv_graph():
+    """Conv -> Relu -> Conv (graph output): after int8 lowering the second Conv's result is
+    not re-quantized."""
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * .1, f"w{i}")
+             for i in range(2)]
+    nodes = [h.make_node("Conv", ["x", "w0"], ["a"], name="c1", pads=[1] * 4),
+             h.make_node("Relu", ["a"], ["r"], name="r1"),
+             h.make_node("Conv", ["r", "w1"], ["y"], name="c2", pads=[1] * 4)]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 16, 16, 16])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 16, 16, 16])], inits)
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    graph = import_onnx(model)
+    calib = [{"x": rng.standard_normal((1, 16, 16, 16)).astype(np.float32)} for _ in range(2)]
+    apply_precision(graph, vnni_host(), "openvino", "int8", calib, {})
+    infer_shapes(graph)
+    return graph
+
+
+def test_ort_int8_conv_without_requantized_result_is_float_plus_weight_dequantize():
+    g, prof = _conv_graph(), get_profile("host")
+    ort, notes = kernels(g, {"backend": "onnxruntime"}, prof)
+    ov, _ = kernels(g, {"backend": "openvino"}, prof)
+    conv_prec = {k.name: k.precision for k in ort if k.op_class == "conv"}
+    assert conv_prec == {"c1": "int8", "c2": "fp32"}  # c1 -> Relu -> Q: an integer kernel
+    assert {k.precision for k in ov if k.op_class == "conv"} == {"int8"}
+    assert len(ort) == len(ov) + 1 and any("ONNX Runtime runs them in float" in n for n in notes)
+
+
+def test_thread_scale():
+    assert thread_scale(0, 4, 0.8) == 1.0 and thread_scale(4, 4, 0.8) == 1.0
+    assert thread_scale(1, 2, 1.0) == pytest.approx(0.5)
+    assert thread_scale(1, 2, 0.5) == pytest.approx(1 / 1.5)
+
+
+def test_cached_model_reads_at_cache_bandwidth():
+    """A batch-1 GEMV is memory-bound: with its weights in the last-level cache it is predicted
+    faster, by the fitted cache/DRAM bandwidth ratio; without a known cache size, DRAM only."""
+    rng = np.random.default_rng(1)
+    w = nh.from_array(rng.standard_normal((1024, 1024)).astype(np.float32), "w")
+    g = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [1, 1024])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 1024])], [w])
+    graph = import_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    host = get_profile("host")
+    cpu = dataclasses.replace(host.main_unit, cache_bytes=Sourced(64 * 2**20, "test"))
+    nocache = dataclasses.replace(host.main_unit, cache_bytes=None)
+    with_c = dataclasses.replace(host, compute_units=(cpu,))
+    without = dataclasses.replace(host, compute_units=(nocache,))
+    p = Params.from_dict({**prior_params(host, "onnxruntime").to_dict(), "launch_us": 0.0,
+                          "call_us": 0.0, "inv_bw": 1.0, "inv_bw_cache": 0.25})
+    t_cache = predict(graph, {"backend": "onnxruntime"}, with_c, calibration=p).latency_ms
+    t_dram = predict(graph, {"backend": "onnxruntime"}, without, calibration=p).latency_ms
+    assert t_cache == pytest.approx(0.25 * t_dram, rel=1e-6)
