@@ -274,11 +274,9 @@ def _requantize_int8_outputs(graph: Graph, int8_layers: set[str], ranges, act_dt
     that is a graph output is left alone (its name must stay); the report says which got it."""
     done = set()
     for n in [x for x in graph if x.name in int8_layers and x.op_type == "Conv"]:
-        v = n.outputs[0]
-        lo, hi = ranges.get(v.name, (None, None))
-        users = v.consumers()
-        if len(users) == 1 and users[0].op_type == "Relu" and not v.is_graph_output():
-            v = users[0].outputs[0]
+        lo, hi = ranges.get(n.outputs[0].name, (None, None))
+        v = qz.result_after_relu(n)
+        if v is not n.outputs[0]:
             lo, hi = ranges.get(v.name, (0.0, max(hi, 0.0) if hi is not None else None))
         if hi is None or v.is_graph_output():
             continue

@@ -183,6 +183,19 @@ def _dq_const(graph: Graph, node: Node, q: np.ndarray, scale: np.ndarray, zp: np
     return dq.outputs[0]
 
 
+def _int32_bias(graph: Graph, reader: Node, i: int, b: np.ndarray, bs: np.ndarray) -> bool:
+    """Give input `i` of `reader` (the float bias `b`) as DequantizeLinear(int32 round(b / bs),
+    bs) along axis 0; False (nothing changed) where a scale is 0 or int32 would overflow."""
+    qb = np.round(b.astype(np.float64) / bs)
+    if not (np.all(bs > 0) and np.all(np.abs(qb) < 2**31 - 1)):
+        return False
+    bv = reader.inputs[i]
+    reader.set_input(i, _dq_const(graph, reader, qb.astype(np.int32), bs,
+                                  np.zeros(bs.shape, np.int32), 0, bv.name))
+    _drop_if_unused(graph, bv)
+    return True
+
+
 def _drop_if_unused(graph: Graph, v: Value | None) -> None:
     if v is not None and v.const is not None and not v.uses and not v.is_graph_output() \
             and v.name in graph.initializers and not any(x is v for x in graph.inputs):
@@ -229,12 +242,7 @@ def lower_int8(graph: Graph, node: Node, ranges: dict[str, tuple[float, float]],
         if b is not None and b.ndim == 1 and b.size == ws.size and \
                 (node.op_type == "Conv" or node.attr("beta", 1.0) == 1.0):
             bs = (ws * np.float32(scales[0][0])).astype(np.float32)
-            qb = np.round(b.astype(np.float64) / bs)
-            if np.all(np.abs(qb) < 2**31 - 1) and np.all(bs > 0):
-                bv = node.inputs[bi]
-                node.set_input(bi, _dq_const(graph, node, qb.astype(np.int32), bs,
-                                             np.zeros(bs.shape, np.int32), 0, bv.name))
-                _drop_if_unused(graph, bv)
+            if _int32_bias(graph, node, bi, b, bs):
                 info["bias"] = "int32"
                 if shift is not None and info["bias_correction"]["corrected"]:
                     info["bias_correction"]["max_shift_in_bias_steps"] = float(
@@ -263,14 +271,17 @@ def int32_bias_add(graph: Graph, node: Node) -> bool:
         return False
     bs = (np.broadcast_to(np.asarray(ws, np.float32), b.shape) * np.float32(xs)).astype(
         np.float32)
-    qb = np.round(b.astype(np.float64) / bs)
-    if not (np.all(bs > 0) and np.all(np.abs(qb) < 2**31 - 1)):
-        return False
-    bv = add.inputs[bi]
-    add.set_input(bi, _dq_const(graph, add, qb.astype(np.int32), bs,
-                                np.zeros(bs.shape, np.int32), 0, bv.name))
-    _drop_if_unused(graph, bv)
-    return True
+    return _int32_bias(graph, add, bi, b, bs)
+
+
+def result_after_relu(node: Node) -> Value:
+    """`node`'s result, or its Relu's when that Relu is its only reader (and the result is not
+    a graph output): the value whose Q turns DQ -> node [-> Relu] -> Q into an integer kernel."""
+    v = node.outputs[0]
+    users = v.consumers()
+    if len(users) == 1 and users[0].op_type == "Relu" and not v.is_graph_output():
+        return users[0].outputs[0]
+    return v
 
 
 def lower_float(graph: Graph, node: Node, precision: str) -> None:

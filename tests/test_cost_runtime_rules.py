@@ -11,7 +11,14 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from compiler.cost.model import Params, kernels, predict, prior_params, thread_scale
+from compiler.cost.model import (
+    Params,
+    kernels,
+    predict,
+    prior_params,
+    thread_scale,
+    threads_used,
+)
 from compiler.onnx_io import import_onnx
 from compiler.precision_api import apply_precision
 from passes.shape_inference import infer_shapes
@@ -49,7 +56,8 @@ def test_ort_int8_conv_without_requantized_result_is_float_plus_weight_dequantiz
 
 
 def test_thread_scale():
-    assert thread_scale(0, 4, 0.8) == 1.0 and thread_scale(4, 4, 0.8) == 1.0
+    assert threads_used(0, 4) == 4 and threads_used(8, 4) == 4 and threads_used(1, 4) == 1
+    assert thread_scale(threads_used(0, 4), 4, 0.8) == 1.0
     assert thread_scale(1, 2, 1.0) == pytest.approx(0.5)
     assert thread_scale(1, 2, 0.5) == pytest.approx(1 / 1.5)
 

@@ -37,7 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from compiler.cost.model import Kernel, Params, eff_key, prior_params, resolve_config
+from compiler.cost.model import (
+    Kernel,
+    Params,
+    eff_key,
+    prior_params,
+    resolve_config,
+    thread_scale,
+)
 
 __all__ = ["Calibration", "Sample", "available_host_backends", "fit", "fit_memory",
            "host_fingerprint", "load_calibration", "measure", "save_calibration"]
@@ -138,7 +145,7 @@ def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
     """Per kernel: seconds at efficiency 1 (compute on all cores, memory at DRAM bandwidth),
     key index, sample index, cached share of its bytes, threads/cores, conv-without-runtime-
     fusion flag; and kernels per sample."""
-    from compiler.cost.model import NATIVE_FUSION, _peak, cache_fraction
+    from compiler.cost.model import _peak, cache_fraction, runtime_fusion_off, threads_used
 
     cols: dict[str, list] = {k: [] for k in ("comp", "mem", "kidx", "sidx", "cache", "thr",
                                              "cores", "unfused")}
@@ -149,7 +156,7 @@ def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
         cores = (u.cores if u is not None else None) or 1
         bw = profile.bandwidth(cfg["power_mode"])
         f = cache_fraction(profile, cfg["unit"], _footprint(s))
-        off = not cfg["fusion"] and not NATIVE_FUSION.get(cfg["backend"], False)
+        off = runtime_fusion_off(cfg)
         for k in s.kernels:
             cols["comp"].append(k.flops / _peak(profile, k.precision, cfg["unit"],
                                                 cfg["power_mode"]))
@@ -157,7 +164,7 @@ def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
             cols["kidx"].append(keys.index(eff_key(k.op_class, k.precision)))
             cols["sidx"].append(i)
             cols["cache"].append(f)
-            cols["thr"].append(cfg["threads"] if 0 < cfg["threads"] < cores else cores)
+            cols["thr"].append(threads_used(cfg["threads"], cores))
             cols["cores"].append(cores)
             cols["unfused"].append(off and k.op_class == "conv")
         nk.append(len(s.kernels))
@@ -198,7 +205,7 @@ def fit(samples: Sequence[Sample], profile, backend: str, prior: Params | None =
     def resid(theta: np.ndarray) -> np.ndarray:
         e = np.exp(theta)
         bw, launch, call, bw_cache, pe, unf = e[nkeys:]
-        s_thr = (1 + (a["thr"] - 1) * pe) / (1 + (a["cores"] - 1) * pe)
+        s_thr = thread_scale(a["thr"], a["cores"], pe)
         comp = a["comp"] * e[a["kidx"]] * np.where(a["unfused"] > 0, unf, 1.0) / s_thr
         mem = a["mem"] * (a["cache"] * bw_cache + (1 - a["cache"]) * bw)
         t = np.bincount(a["sidx"], np.maximum(comp, mem), minlength=n) + \

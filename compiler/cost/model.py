@@ -25,8 +25,7 @@ no NCHWc layouts, no Conv+activation fusion), else 1.
 
 F_k = FLOPs (compiler.cost.flops), B_k = bytes read from outside the kernel plus bytes
 written that leave it, c_k the op class of its anchor node (conv, matmul, attention,
-elementwise, norm, data), p_k its compute precision, s_thr = threads / cores when fewer threads
-than cores are asked for. Precision comes from the graph: a node reading a DequantizeLinear of
+elementwise, norm, data), p_k its compute precision (s_thr as above). Precision comes from the graph: a node reading a DequantizeLinear of
 an int8 (int4) constant computes in int8 (int4-weight, i.e. fp16/fp32 compute with half-byte
 weights) and reads 1 (0.5) byte per weight; a node whose float inputs are fp16/bf16 (Cast
 regions) computes in fp16/bf16. A graph not lowered yet can be costed for a precision policy
@@ -56,8 +55,8 @@ from compiler.cost.memory import ALIAS_OPS, activation_liveness, weight_bytes
 from compiler.ir import Graph, Node, Value, is_constant
 
 __all__ = ["OP_CLASSES", "Kernel", "Params", "Prediction", "bindings_from_shapes", "kernels",
-           "op_class", "predict", "prior_params", "resolve_config", "thread_scale",
-           "time_kernels"]
+           "op_class", "predict", "prior_params", "resolve_config", "runtime_fusion_off",
+           "thread_scale", "threads_used", "time_kernels"]
 
 OP_CLASSES = ("conv", "matmul", "attention", "elementwise", "norm", "data")
 FREE_OPS = ALIAS_OPS | {"Shape", "Size", "Constant", "ConstantOfShape"}
@@ -382,11 +381,10 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
 
 def _result_quantized(node: Node) -> bool:
     """Whether `node`'s result (after a single Relu) is read only by QuantizeLinear nodes."""
-    v = node.outputs[0]
+    from passes.quantize import result_after_relu
+
+    v = result_after_relu(node)
     users = v.consumers()
-    if len(users) == 1 and users[0].op_type == "Relu" and not v.is_graph_output():
-        v = users[0].outputs[0]
-        users = v.consumers()
     return bool(users) and not v.is_graph_output() and all(u.op_type == _Q for u in users)
 
 
@@ -430,11 +428,20 @@ def _peak(profile, prec: str, unit: str | None, mode: str | None) -> float:
     return profile.peak("fp32", None, mode) or 1e9
 
 
-def thread_scale(threads: int, cores: int, par_eff: float) -> float:
-    """Speed with `threads` relative to all `cores`: 1 + (n - 1) * par_eff threads' worth."""
-    if not 0 < threads < cores:
-        return 1.0
+def threads_used(threads: int, cores: int) -> int:
+    """Threads a run gets: `threads` when it asks for fewer than `cores`, else all cores."""
+    return threads if 0 < threads < cores else cores
+
+
+def thread_scale(threads, cores, par_eff):
+    """Speed of `threads` threads relative to all `cores` (1 + (n - 1) * par_eff threads'
+    worth each); works elementwise on numpy arrays (the fit calls it that way)."""
     return (1 + (threads - 1) * par_eff) / (1 + (cores - 1) * par_eff)
+
+
+def runtime_fusion_off(cfg: Mapping[str, Any]) -> bool:
+    """The runtime's own graph fusion is off (ONNX Runtime "basic"); native fusers ignore it."""
+    return not cfg["fusion"] and not NATIVE_FUSION.get(cfg["backend"], False)
 
 
 def cache_fraction(profile, unit: str | None, footprint: float) -> float:
@@ -455,11 +462,10 @@ def time_kernels(ks: list[Kernel], params: Params, profile, config: Mapping[str,
     unit, mode = cfg["unit"], cfg["power_mode"]
     u = profile.unit(unit) if unit else profile.main_unit
     cores = (u.cores if u is not None else None) or 1
-    s_thr = thread_scale(cfg["threads"], cores, params.par_eff)
+    s_thr = thread_scale(threads_used(cfg["threads"], cores), cores, params.par_eff)
     f = cache_fraction(profile, unit, footprint)
     sec_per_byte = (f * params.inv_bw_cache + (1 - f) * params.inv_bw) / profile.bandwidth(mode)
-    unfused = params.unfused if not cfg["fusion"] and not NATIVE_FUSION.get(
-        cfg["backend"], False) else 1.0
+    unfused = params.unfused if runtime_fusion_off(cfg) else 1.0
     per, total = [], params.call_us * 1e-6
     for k in ks:
         inv = params.inv_eff.get(eff_key(k.op_class, k.precision), 2.0)
