@@ -4,8 +4,9 @@
     python -m benchmarks.cost --fresh    # re-measure everything (do this on a quiet machine)
     python -m benchmarks.cost --no-write # score only, leave compiler/cost/data alone
 
-Cases: synthetic conv / matmul / elementwise / attention models at several sizes (always in the
-calibration set; the smallest ones pin the per-call and per-kernel overheads) and the test
+Cases: synthetic conv (3x3, 1x1, depthwise) / matmul / elementwise / attention models at
+several sizes (always in the calibration set; the smallest ones pin the per-call and per-kernel
+overheads) and the test
 models (zoo cnn, tiny, external_data MLP, decoder, siglip, the local ResNet-50) at a couple of
 sizes. Each runs under every host backend that is available, at fp32 / int8 / fp16 (lowered
 with passes.quantize on every Conv/MatMul/Gemm with a constant weight, in compile()'s order:
@@ -49,11 +50,13 @@ def _w(name: str, *shape: int) -> onnx.TensorProto:
     return numpy_helper.from_array((RNG.standard_normal(shape) * 0.05).astype(np.float32), name)
 
 
-def conv_case(c: int, s: int):
+def conv_case(c: int, s: int, k: int = 3, group: int = 1):
+    """Three Conv+Relu layers, c channels, s x s pixels, k x k kernels (group=c: depthwise)."""
     nodes, inits, x = [], [], "x"
     for i in range(3):
-        inits += [_w(f"w{i}", c, c, 3, 3), _w(f"b{i}", c)]
-        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1] * 4),
+        inits += [_w(f"w{i}", c, c // group, k, k), _w(f"b{i}", c)]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], group=group,
+                                   pads=[k // 2] * 4),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
     vi = helper.make_tensor_value_info
@@ -108,6 +111,8 @@ def cases() -> list[tuple[str, str, object]]:
 
     out = [(f"conv_c{c}_s{s}", "synthetic", lambda c=c, s=s: conv_case(c, s))
            for c, s in ((8, 8), (16, 56), (64, 28), (128, 14), (32, 112))]
+    out += [("conv_pw_c64_s28", "synthetic", lambda: conv_case(64, 28, k=1)),
+            ("conv_dw_c64_s56", "synthetic", lambda: conv_case(64, 56, group=64))]
     out += [(f"mm_m{m}_k{k}", "synthetic", lambda m=m, k=k: mm_case(m, k))
             for m, k in ((1, 64), (1, 1024), (64, 512), (256, 1024))]
     out += [(f"ew_n{n}", "synthetic", lambda n=n: ew_case(n)) for n in (2**8, 2**14, 2**18, 2**21)]

@@ -52,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="path to an .onnx file")
     c.add_argument("--target", "-t", default="host", help="device name (see `edgec targets`)")
     c.add_argument("--out", "-o", required=True, help="bundle folder to write")
-    c.add_argument("--backend", "-b", help="backend, or \"auto\" for the cost-model search "
-                   "(default: the target's default backend)")
+    c.add_argument("--backend", "-b", help="backend (default, or \"auto\": the cost-model "
+                   "search picks it; precision too, lossless fp32 unless --calib or "
+                   "--max-accuracy-drop accepts a loss)")
     c.add_argument("--precision", help="fp32 | fp16 | bf16 | int8 | mixed | int4-weight")
     c.add_argument("--pipeline", help="named pass pipeline (default: fusion)")
     c.add_argument("--passes", help="comma-separated pass names instead of a pipeline")

@@ -91,6 +91,9 @@ def load_graph(model: Any, example_inputs: Any = None) -> Graph:
     return _Source(model, example_inputs).graph
 
 
+UNFUSED_PIPELINE = "simplify"  # what a searched configuration with fusion off compiles with
+
+
 def _passes(passes: Sequence[str | Pass] | None, pipeline: str | None) -> list[PassManager]:
     if passes is not None:
         return [PassManager([p if isinstance(p, Pass) else get_pass(p) for p in passes])]
@@ -146,8 +149,10 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     `calibration`: an iterable of feed dicts or a folder of .npy/.npz) | int4-weight.
     `constraints`: {"max_accuracy_drop": 0.01} (with `metric(reference, outputs) -> loss`),
     {"min_sqnr_db": 25}, {"max_latency_ms": ..., "max_memory_mb": ..., "objective": ...}.
-    `backend="auto"`: let the cost-model search pick backend (and precision, if not given);
-    the manifest records the runners-up. `Artifact.predicted` is filled for every compile.
+    Without `backend` (or with "auto") the cost-model search picks the backend, and the
+    precision too when it is not given: fp32 unless `calibration` or `max_accuracy_drop`
+    accepts a loss. The manifest records the runners-up under "search". `Artifact.predicted`
+    is filled for every compile.
     """
     from targets.base import BuildConfig
     from targets.devices import get_profile
@@ -159,11 +164,24 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     graph = source.graph
     _check_shapes(graph, shapes)
     search_result = None
-    if backend == "auto":  # the cost model's choice (see README: not yet the default)
-        search_result = _search(graph, profile, precision, constraints, shapes,
+    options = dict(options or {})
+    if backend == "auto":
+        backend = None
+    budget = (constraints or {}).get("max_accuracy_drop")
+    if precision is not None and precision not in PRECISIONS:
+        raise ConstraintError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if backend is None or (precision is None and (calibration is not None or budget)):
+        search_result = _search(graph, profile, backend, precision, constraints, shapes,
                                 calibration is not None)
-        backend = search_result.choice.config["backend"]
-        precision = precision or search_result.choice.config["precision"]
+        choice = search_result.choice.config
+        backend, precision = choice["backend"], choice["precision"]
+        if choice.get("threads"):
+            options.setdefault("threads", choice["threads"])
+        if not choice.get("fusion", True) and passes is None and pipeline is None:
+            pipeline = UNFUSED_PIPELINE
+            if backend == "onnxruntime":
+                options.setdefault("graph_optimization_level", "basic")
     precision = precision or "fp32"
     if precision not in PRECISIONS:
         raise ConstraintError(
@@ -176,8 +194,10 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             f"{', '.join(profile.precisions)}")
     be, why = _choose_backend(profile, backend)
     if search_result is not None:
-        why = f"chosen by the cost-model search (objective: {search_result.objective})"
-    ctx = PassContext(profile=profile, backend=be, shapes=shapes, options=dict(options or {}))
+        why = (f"chosen by the cost-model search (objective: {search_result.objective}; "
+               f"{len(search_result.candidates)} configurations predicted, runners-up in "
+               "manifest['search'])")
+    ctx = PassContext(profile=profile, backend=be, shapes=shapes, options=options)
     calibration = _calibration(calibration, graph)
     records: list[dict[str, Any]] = []
     stages = _passes(passes, pipeline)
@@ -197,7 +217,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     for pm in stages[at:]:
         pm.run(graph, ctx)
         records.extend(pm.summary())
-    config = BuildConfig(precision=precision, options=dict(options or {}), shapes=shapes,
+    config = BuildConfig(precision=precision, options=options, shapes=shapes,
                          allow_fallback=bool((constraints or {}).get("allow_fallback", True)))
     report = be.legality(graph, profile, config)
     report.check(config.allow_fallback)
@@ -279,18 +299,32 @@ def _apply_precision(graph: Graph, profile, be, precision: str, calibration, con
     return report
 
 
-def _search(graph: Graph, profile, precision: str | None, constraints, shapes,
-            calibrated: bool):
+def _search(graph: Graph, profile, backend: str | None, precision: str | None, constraints,
+            shapes, calibrated: bool):
+    """The cost-model search over what the user left open. Precision, when not given: fp32
+    only (lossless) unless the user accepts a loss, by calibration data (every precision) or
+    `max_accuracy_drop` alone (the cast precisions, which need no calibration)."""
     from compiler.cost.model import bindings_from_shapes
     from compiler.search import search
 
     cons = dict(constraints or {})
     objective = cons.pop("objective", "latency")
     cons.pop("allow_fallback", None)
+    if precision:  # the user's choice: the budget is for the precision pass, not a filter
+        precisions = [precision]
+        cons.pop("max_accuracy_drop", None)
+    elif calibrated:
+        precisions = None
+    elif cons.get("max_accuracy_drop"):
+        precisions = [p for p in profile.precisions if p not in ("int8", "mixed")]
+    else:
+        precisions = ["fp32"]
+    if backend is not None and backend not in profile.backends:
+        raise UnknownBackendError(f"backend {backend!r} does not serve target "
+                                  f"{profile.name!r}; it supports {', '.join(profile.backends)}")
     return search(graph, profile, objective=objective, constraints=cons,
                   bindings=bindings_from_shapes(graph, shapes),
-                  precisions=[precision] if precision else None if calibrated else
-                  [p for p in profile.precisions if p not in ("int8", "mixed")])
+                  backends=[backend] if backend else None, precisions=precisions)
 
 
 def _predict(graph: Graph, backend: str, precision: str, records, config, profile, shapes):

@@ -8,16 +8,19 @@ Pruning, before any prediction, each with its reason:
 - illegal: backend not serving the profile, precision not supported, backend module missing,
   or the backend's legality report lists unsupported nodes;
 - equivalent: fusion off on a backend that fuses natively (OpenVINO, TVM, TensorRT) gives the
-  same kernels; int4-weight on a graph with no MatMul/Gemm weight is fp32;
+  same kernels; int4-weight on a graph with no MatMul/Gemm weight is fp32; fp16/bf16 on a
+  backend without half-precision kernels on the unit (ONNX Runtime on x86 CPUs) is fp32;
 - lossless-only: `max_accuracy_drop == 0` keeps fp32 alone (otherwise the budget is passed
   through in the chosen config for the precision pass to honour).
 
 The rest is predicted with `compiler.cost.model.predict` (precision simulated as "every Conv/
 MatMul/Gemm with a constant weight at that precision" until the precision pass has lowered the
 graph). Constraints (max_latency_ms, max_memory_mb) filter; the objective (latency | energy |
-memory) ranks, ties broken by latency, memory, then the configuration's text, so the result is
-deterministic. The Pareto front is over (latency, memory, accuracy risk of the precision).
-When nothing is feasible, `ConstraintError` names the smallest achievable value.
+memory) ranks, ties broken by latency, memory, then the configuration closest to the defaults
+(fusion on, all threads, the least lossy precision, the target's default backend first), then
+its text, so the result is deterministic. The Pareto front is over (latency, memory, accuracy
+risk of the precision). When nothing is feasible, `ConstraintError` names the smallest
+achievable value.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.cost.model import NATIVE_FUSION, Prediction, predict
+from compiler.cost.model import NATIVE_FUSION, Prediction, half_kernels, predict, resolve_config
 from compiler.errors import ConstraintError
 from compiler.ir import Graph
 
@@ -122,6 +125,10 @@ def _prune(graph: Graph, c: dict, profile, legality: bool, max_drop: float | Non
         return "max_accuracy_drop = 0: only fp32 is lossless"
     if not c["fusion"] and NATIVE_FUSION.get(be):
         return f"equivalent: {be} fuses natively, fusion off gives the same kernels"
+    if c["precision"] in ("fp16", "bf16") and not half_kernels(resolve_config(c, profile),
+                                                                profile):
+        return (f"equivalent: {be} has no half-precision Conv/MatMul kernels on "
+                f"{profile.main_unit.name}; {c['precision']} runs as fp32 between Casts")
     if c["precision"] == "int4-weight" and not any(
             n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 and n.inputs[1] is not None
             and n.inputs[1].const is not None for n in graph):
@@ -208,7 +215,11 @@ def search(graph: Graph, profile, *, objective: str = "latency",
 
     def rank(c: Candidate):
         p = c.prediction
-        return (getattr(p, metric), p.latency_ms, p.memory_mb, c.key)
+        cfg = c.config  # on a tie, the configuration closest to compile()'s defaults
+        order = list(profile.backends)
+        return (getattr(p, metric), p.latency_ms, p.memory_mb, not cfg["fusion"],
+                cfg["threads"] != 0, RISK[cfg["precision"]],
+                order.index(cfg["backend"]) if cfg["backend"] in order else len(order), c.key)
 
     feasible.sort(key=rank)
     pareto = sorted([c for c in feasible if not any(_dominated(c, o) for o in feasible)],

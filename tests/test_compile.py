@@ -133,7 +133,11 @@ def test_device_bundles_are_verified_through_a_stand_in(tmp_path):
     """A Jetson TensorRT bundle cannot run here; its strongly typed ONNX still is checked."""
     art = compiler.compile(_conv_net(False), target="jetson-orin", precision="fp16",
                            out_dir=tmp_path / "orin")
-    assert art.backend == "tensorrt" and "default" in art.manifest["backend_reason"]
+    # no backend given: the search picks it among the target's backends, at the given precision
+    assert art.backend == "tensorrt" and "cost-model search" in art.manifest["backend_reason"]
+    search = art.manifest["search"]
+    assert {c["config"]["precision"] for c in [search["choice"], *search["runners_up"]]} == \
+        {"fp16"}
     ver = art.verification
     assert ver["passed"] is True and "ONNX Runtime" in ver["runner"]
     assert ver["tolerance"]["min_cosine"] == 0.999  # the FP16 tolerance
@@ -156,3 +160,19 @@ def _break(graph):
     relu = next(n for n in graph if n.op_type == "Relu")
     relu.op_type = "Sigmoid"
     return graph
+
+
+def test_default_compile_searches_backends_losslessly(tmp_path):
+    """No backend and no precision: the cost-model search picks the backend (and fusion,
+    threads) among fp32 configurations only, since no loss was accepted; the manifest keeps
+    the prediction and the runners-up. A fixed backend and precision skip the search."""
+    art = compiler.compile(_conv_net(False), out_dir=tmp_path / "a")
+    search = art.manifest["search"]
+    assert art.backend == search["choice"]["config"]["backend"]
+    assert "cost-model search" in art.manifest["backend_reason"]
+    assert art.config["precision"] == "fp32" and search["runners_up"]
+    assert {c["config"]["precision"] for c in search["runners_up"]} == {"fp32"}
+    assert art.predicted["latency_ms"] == search["choice"]["predicted"]["latency_ms"]
+    fixed = compiler.compile(_conv_net(False), backend="onnxruntime", precision="fp32",
+                             out_dir=tmp_path / "b")
+    assert fixed.manifest["search"] is None and fixed.predicted["latency_ms"] > 0

@@ -81,3 +81,85 @@ def test_cached_model_reads_at_cache_bandwidth():
     t_cache = predict(graph, {"backend": "onnxruntime"}, with_c, calibration=p).latency_ms
     t_dram = predict(graph, {"backend": "onnxruntime"}, without, calibration=p).latency_ms
     assert t_cache == pytest.approx(0.25 * t_dram, rel=1e-6)
+
+
+def _graph(nodes, inputs, inits):
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info(n, T.FLOAT, s) for n, s in inputs],
+                     [h.make_tensor_value_info(nodes[-1].output[0], T.FLOAT, None)], inits)
+    graph = import_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    infer_shapes(graph)
+    return graph
+
+
+def test_ort_keeps_elementwise_chains_apart_and_native_fusers_merge_them():
+    """ONNX Runtime's CPU fusions give a MatMul at most two epilogues and never merge an
+    elementwise chain on its own; OpenVINO/TVM fuse the chain into one kernel."""
+    rng = np.random.default_rng(0)
+    w = nh.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
+    b = nh.from_array(rng.standard_normal(64).astype(np.float32), "b")
+    nodes = [h.make_node("MatMul", ["x", "w"], ["m"]), h.make_node("Add", ["m", "b"], ["a"]),
+             h.make_node("Relu", ["a"], ["r"]), h.make_node("Sigmoid", ["r"], ["s"]),
+             h.make_node("Tanh", ["s"], ["t"])]
+    g, host = _graph(nodes, [("x", [4, 64])], [w, b]), get_profile("host")
+    ort = kernels(g, {"backend": "onnxruntime"}, host)[0]
+    basic = kernels(g, {"backend": "onnxruntime", "fusion": False}, host)[0]
+    ov = kernels(g, {"backend": "openvino"}, host)[0]
+    assert [k.ops for k in ort] == [("MatMul", "Add", "Relu"), ("Sigmoid",), ("Tanh",)]
+    assert len(basic) == 5 and len(ov) == 1
+
+
+def test_depthwise_conv_is_its_own_class_with_a_short_reduction():
+    rng = np.random.default_rng(0)
+    w = nh.from_array(rng.standard_normal((32, 1, 3, 3)).astype(np.float32), "w")
+    g = _graph([h.make_node("Conv", ["x", "w"], ["y"], group=32, pads=[1] * 4)],
+               [("x", [1, 32, 28, 28])], [w])
+    (k,), _ = kernels(g, {"backend": "onnxruntime"}, get_profile("host"))
+    assert k.op_class == "dwconv" and k.depth == pytest.approx(9.0)
+
+
+def test_short_reductions_cost_more_per_flop():
+    """Same FLOPs, K = 8 vs K = 512: the short dot products run at K / (K + K_half) of the
+    efficiency, so the thin layer is predicted slower."""
+    host = get_profile("host")
+    p = Params.from_dict({**prior_params(host, "onnxruntime").to_dict(), "depth_half": 32.0})
+    rng = np.random.default_rng(0)
+
+    def mm(m, k, n):
+        w = nh.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
+        return _graph([h.make_node("MatMul", ["x", "w"], ["y"])], [("x", [m, k])], [w])
+
+    thin = predict(mm(4096, 8, 64), {"backend": "onnxruntime"}, host, calibration=p)
+    deep = predict(mm(64, 512, 64), {"backend": "onnxruntime"}, host, calibration=p)
+    assert thin.nodes[0]["flops"] == deep.nodes[0]["flops"]
+    assert thin.nodes[0]["ms"] > 2 * deep.nodes[0]["ms"]
+
+
+def test_ort_half_precision_on_x86_runs_in_fp32_and_search_prunes_it():
+    from compiler.search import search
+
+    rng = np.random.default_rng(0)
+    w = nh.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
+    g = _graph([h.make_node("MatMul", ["x", "w"], ["y"])], [("x", [4, 64])], [w])
+    x86 = vnni_host()  # a fixed x86 profile without Arm fp16 arithmetic
+    ks, notes = kernels(g, {"backend": "onnxruntime", "precision": "fp16"}, x86)
+    assert ks[0].precision == "fp32" and any("no half-precision" in n for n in notes)
+    assert kernels(g, {"backend": "openvino", "precision": "fp16"}, x86)[0][0].precision == "fp16"
+    res = search(g, x86, backends=["onnxruntime"], precisions=("fp32", "fp16"), legality=False)
+    assert {c.config["precision"] for c in res.candidates} == {"fp32"}
+    assert any("runs as fp32" in c.pruned for c in res.pruned)
+
+
+def test_simulated_int8_on_ort_pays_quantize_and_dequantize_at_region_edges():
+    """A graph not lowered yet, costed at int8 for ONNX Runtime: one QuantizeLinear where the
+    int8 region starts and one DequantizeLinear where it ends; none between two int8 layers."""
+    rng = np.random.default_rng(0)
+    ws = [nh.from_array(rng.standard_normal((64, 64)).astype(np.float32), f"w{i}")
+          for i in range(2)]
+    g = _graph([h.make_node("MatMul", ["x", "w0"], ["a"]), h.make_node("MatMul", ["a", "w1"],
+                                                                         ["y"])],
+               [("x", [4, 64])], ws)
+    ks, _ = kernels(g, {"backend": "onnxruntime", "precision": "int8"}, get_profile("host"))
+    assert sorted(k.ops[0] for k in ks) == ["DequantizeLinear", "MatMul", "MatMul",
+                                            "QuantizeLinear"]
+    ov, _ = kernels(g, {"backend": "openvino", "precision": "int8"}, get_profile("host"))
+    assert [k.ops[0] for k in ov] == ["MatMul", "MatMul"]  # fused into its kernels

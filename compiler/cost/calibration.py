@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from compiler.cost.model import (
+    CONV_CLASSES,
+    MEMORY_CLASSES,
     Kernel,
     Params,
     eff_key,
@@ -148,7 +150,7 @@ def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
     from compiler.cost.model import _peak, cache_fraction, runtime_fusion_off, threads_used
 
     cols: dict[str, list] = {k: [] for k in ("comp", "mem", "kidx", "sidx", "cache", "thr",
-                                             "cores", "unfused")}
+                                             "cores", "unfused", "memcls", "conv", "depth", "rows")}
     nk = []
     for i, s in enumerate(samples):
         cfg = resolve_config(s.config, profile)
@@ -166,14 +168,20 @@ def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
             cols["cache"].append(f)
             cols["thr"].append(threads_used(cfg["threads"], cores))
             cols["cores"].append(cores)
-            cols["unfused"].append(off and k.op_class == "conv")
+            cols["unfused"].append((off or k.plain) and k.op_class in CONV_CLASSES)
+            cols["memcls"].append(k.op_class in MEMORY_CLASSES)
+            cols["conv"].append(k.op_class in CONV_CLASSES)
+            cols["depth"].append(k.depth)
+            cols["rows"].append(k.rows)
         nk.append(len(s.kernels))
     out = {k: np.array(v, int if k in ("kidx", "sidx") else float) for k, v in cols.items()}
     out["nk"] = np.array(nk, float)
     return out
 
 
-_EXTRA = ("inv_bw", "launch_us", "call_us", "inv_bw_cache", "par_eff", "unfused")
+_EXTRA = ("inv_bw", "launch_us", "call_us", "inv_bw_cache", "par_eff", "unfused",
+          "conv_launch_us", "depth_half", "row_ns")
+_FLOOR = 1e-3  # log-parameters need a positive start; a prior of 0 starts here
 
 
 def _unpack(theta: np.ndarray, keys: list[str], base: Params) -> Params:
@@ -193,7 +201,8 @@ def fit(samples: Sequence[Sample], profile, backend: str, prior: Params | None =
 
     prior = prior or prior_params(profile, backend)
     keys = sorted(prior.inv_eff)
-    theta0 = np.log([prior.inv_eff[k] for k in keys] + [getattr(prior, n) for n in _EXTRA])
+    theta0 = np.log(np.maximum([prior.inv_eff[k] for k in keys] +
+                               [getattr(prior, n) for n in _EXTRA], _FLOOR))
     a = _arrays(samples, profile, keys)
     meas = np.log([s.latency_ms * 1e-3 for s in samples])
     n, nkeys = len(samples), len(keys)
@@ -204,12 +213,17 @@ def fit(samples: Sequence[Sample], profile, backend: str, prior: Params | None =
 
     def resid(theta: np.ndarray) -> np.ndarray:
         e = np.exp(theta)
-        bw, launch, call, bw_cache, pe, unf = e[nkeys:]
+        bw, launch, call, bw_cache, pe, unf, conv_launch, k_half, row_ns = e[nkeys:]
         s_thr = thread_scale(a["thr"], a["cores"], pe)
-        comp = a["comp"] * e[a["kidx"]] * np.where(a["unfused"] > 0, unf, 1.0) / s_thr
+        eff = e[a["kidx"]] * np.where(a["depth"] > 0, 1 + k_half / np.maximum(a["depth"], 1e-9),
+                                      1.0)
+        memcls = a["memcls"] > 0
+        comp = a["comp"] * np.where(memcls, 1.0, eff) * np.where(a["unfused"] > 0, unf, 1.0) \
+            / s_thr
         mem = a["mem"] * (a["cache"] * bw_cache + (1 - a["cache"]) * bw)
-        t = np.bincount(a["sidx"], np.maximum(comp, mem), minlength=n) + \
-            a["nk"] * launch * 1e-6 + call * 1e-6
+        k_t = np.maximum(comp, mem) * np.where(memcls, eff, 1.0) + a["conv"] * conv_launch * 1e-6 \
+            + a["rows"] * row_ns * 1e-9
+        t = np.bincount(a["sidx"], k_t, minlength=n) + a["nk"] * launch * 1e-6 + call * 1e-6
         return np.concatenate([np.log(t) - meas, np.sqrt(weight) * (theta - theta0)])
 
     sol = least_squares(resid, theta0, method="trf", bounds=(lo, hi), x_scale=1.0,

@@ -2,9 +2,11 @@
 
 Kernels. Nodes sharing `meta["fusion_group"]["id"]` form one kernel (as in nn-Meter: a fused
 group runs as one kernel, its internal tensors never go through memory). Backends that fuse on
-their own (OpenVINO, TVM, TensorRT always; ONNX Runtime when `fusion` is on, i.e. graph
-optimisation level "all") also merge an elementwise node into the kernel producing its input
-when that input has no other reader, and fold BatchNormalization into a preceding Conv. View
+their own (OpenVINO, TVM, TensorRT) also merge an elementwise node into the kernel producing its
+input when that input has no other reader, and fold BatchNormalization into a preceding Conv.
+ONNX Runtime's CPU fusions are narrower: with `fusion` on (level "all") a Conv or MatMul takes
+at most two elementwise epilogues and elementwise chains stay separate kernels; with it off
+("basic") only BatchNormalization folds. View
 ops (Reshape, Squeeze, ...), Shape/Constant and DequantizeLinear of constant weights cost
 nothing; with Q/DQ fusion a DequantizeLinear of an activation merges into its reader. ONNX
 Runtime forms an integer Conv only for DQ -> Conv [-> Relu] -> Q; an int8 Conv whose result is
@@ -12,8 +14,15 @@ not re-quantized is costed as it runs there: a float Conv plus a weight Dequanti
 
 Per kernel k on the configured compute unit (default: the profile's main unit):
 
-    t_k = max(u_k F_k / (peak[p_k] * s_thr * eff[c_k, p_k]),  B_k * beta) + t_launch
-    T   = t_call + sum_k t_k
+    t_k = max(u_k F_k / (peak[p_k] * s_thr * eff[c_k, p_k]),  B_k * beta) + t_launch[c_k]
+          for compute classes (conv, matmul, attention), and
+    t_k = max(F_k / (peak[p_k] * s_thr),  B_k * beta) / eff[c_k] + t_launch
+          for memory-bound classes (elementwise, norm, data: how well the runtime streams them)
+    T   = t_call + sum_k t_k,   t_launch[conv] = t_launch + t_conv (layout reorders, packing)
+
+For compute classes eff is further scaled by K / (K + K_half), K the reduction length of one
+output (Cin/groups * kh * kw for a conv, the inner dimension of a GEMM): a short reduction
+spends more of its time loading and storing accumulators (depthwise convs, thin 1x1 convs).
     beta = (f / eff_llc + (1 - f) / eff_bw) / bw,   f = min(1, LLC / (weights + peak acts))
     s_thr = (1 + (n - 1) pe) / (1 + (cores - 1) pe) for n < cores threads, else 1
 
@@ -21,11 +30,15 @@ f is the share of the model's bytes that stays in the unit's last-level cache be
 inferences (0 where the profile gives no cache size): a GEMV whose weights fit in cache runs
 well above DRAM bandwidth. pe is the fitted parallel efficiency of one more thread. u_k =
 `unfused` (fitted) for convs when the runtime's own graph fusion is off (ONNX Runtime "basic":
-no NCHWc layouts, no Conv+activation fusion), else 1.
+no NCHWc layouts, no Conv+activation fusion) and for a conv the runtime runs on its plain kernel
+for another reason (ONNX Runtime's int8 Conv rule below), else 1.
 
 F_k = FLOPs (compiler.cost.flops), B_k = bytes read from outside the kernel plus bytes
-written that leave it, c_k the op class of its anchor node (conv, matmul, attention,
-elementwise, norm, data), p_k its compute precision (s_thr as above). Precision comes from the graph: a node reading a DequantizeLinear of
+written that leave it, c_k the op class of its anchor node (conv, dwconv = depthwise conv,
+matmul, attention, elementwise, norm, data), p_k its compute precision (s_thr as above).
+Depthwise convs are their own class: their kernels differ (an int8 depthwise conv is measured
+4x slower than fp32 with ONNX Runtime on this host). Precision comes from the graph: a node
+reading a DequantizeLinear of
 an int8 (int4) constant computes in int8 (int4-weight, i.e. fp16/fp32 compute with half-byte
 weights) and reads 1 (0.5) byte per weight; a node whose float inputs are fp16/bf16 (Cast
 regions) computes in fp16/bf16. A graph not lowered yet can be costed for a precision policy
@@ -54,11 +67,15 @@ from compiler.cost.flops import dims, node_flops, numel
 from compiler.cost.memory import ALIAS_OPS, activation_liveness, weight_bytes
 from compiler.ir import Graph, Node, Value, is_constant
 
-__all__ = ["OP_CLASSES", "Kernel", "Params", "Prediction", "bindings_from_shapes", "kernels",
+__all__ = ["OP_CLASSES", "Kernel", "Params", "Prediction", "bindings_from_shapes",
+           "half_kernels", "kernels",
            "op_class", "predict", "prior_params", "resolve_config", "runtime_fusion_off",
            "thread_scale", "threads_used", "time_kernels"]
 
-OP_CLASSES = ("conv", "matmul", "attention", "elementwise", "norm", "data")
+OP_CLASSES = ("conv", "dwconv", "matmul", "attention", "elementwise", "norm", "data")
+CONV_CLASSES = ("conv", "dwconv")  # dwconv: depthwise (one input channel per group)
+MEMORY_CLASSES = ("elementwise", "norm", "data")  # their efficiency scales the whole kernel
+COMPUTE_CLASSES = ("conv", "dwconv", "matmul", "attention")
 FREE_OPS = ALIAS_OPS | {"Shape", "Size", "Constant", "ConstantOfShape"}
 _CONV = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "FusedConv"}
 _MATMUL = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "MatMulNBits", "FusedMatMul",
@@ -85,14 +102,14 @@ UNCALIBRATED_UNCERTAINTY = 0.5
 
 def eff_key(cls: str, prec: str) -> str:
     """Efficiency-table key: compute classes per precision, memory-bound classes alone."""
-    if cls in ("elementwise", "norm", "data"):
+    if cls in MEMORY_CLASSES:
         return cls
     p = {"bf16": "fp16", "int4-weight": "int4"}.get(prec, prec)
     return f"{cls}/{p}"
 
 
 EFF_KEYS = tuple(["elementwise", "norm", "data"] + [
-    f"{c}/{p}" for c in ("conv", "matmul", "attention") for p in ("fp32", "fp16", "int8", "int4")])
+    f"{c}/{p}" for c in COMPUTE_CLASSES for p in ("fp32", "fp16", "int8", "int4")])
 
 
 @dataclass
@@ -103,6 +120,9 @@ class Params:
     inv_bw: float = 1.5
     launch_us: float = 5.0
     call_us: float = 20.0
+    conv_launch_us: float = 0.0  # extra fixed cost of a conv kernel (layout reorders, packing)
+    depth_half: float = 0.0  # reduction length at which a GEMM kernel reaches half its efficiency
+    row_ns: float = 0.0  # fixed cost per row of a normalisation/reduction kernel
     inv_bw_cache: float = 0.4  # last-level-cache bandwidth = DRAM bandwidth / inv_bw_cache
     par_eff: float = 0.9  # each extra thread adds par_eff of one thread's speed
     unfused: float = 1.3  # conv slow-down when the runtime's own fusion/layout passes are off
@@ -129,18 +149,26 @@ def prior_params(profile, backend: str, unit: str | None = None) -> Params:
     u = profile.unit(unit) if unit else profile.main_unit
     kind = u.kind if u is not None else "cpu"
     accel = kind in ("gpu", "dla", "npu", "fpga")
-    base = {"conv": 2.5, "matmul": 3.3, "attention": 3.3} if accel else \
-        {"conv": 2.0, "matmul": 2.0, "attention": 3.3}
+    base = {"conv": 2.5, "dwconv": 5.0, "matmul": 3.3, "attention": 3.3} if accel else \
+        {"conv": 2.0, "dwconv": 4.0, "matmul": 2.0, "attention": 3.3}
     inv = {"elementwise": 1.0, "norm": 2.0, "data": 1.5}
     for k in EFF_KEYS:
         if "/" in k:
             cls = k.split("/")[0]
             inv[k] = base[cls] * (1.5 if k.endswith("/int4") else 1.0)
+    if backend == "tvm":  # default schedules, no tuning: on this host TVM's fitted GEMM
+        # efficiency is 3.3x below ONNX Runtime's (MLAS), its convs 12x (benchmarks/cost.py)
+        inv.update({k: v * 3.0 for k, v in inv.items() if "/" in k})
     # GPU: back-to-back kernels on one stream leave ~1-2 us gaps (launches are asynchronous and
     # overlap execution); DLA/NPU: per-layer command overhead; CPU: one runtime op dispatch.
     launch = {"gpu": 1.5, "dla": 10.0, "npu": 2.0, "fpga": 0.5}.get(kind, 3.0)
     call = {"gpu": 30.0, "dla": 50.0}.get(kind, 20.0)
-    return Params(inv, inv_bw=1.5, launch_us=launch, call_us=call)
+    # CPU convs pay a fixed cost per call on top (NCHWc layout reorders, im2col buffers)
+    # Short reductions (depthwise convs, 1x1 convs on few channels, attention heads) spend more
+    # of each output's time loading and storing accumulators: efficiency x K / (K + depth_half)
+    return Params(inv, inv_bw=1.5, launch_us=launch, call_us=call,
+                  conv_launch_us=0.0 if accel else 2.0, depth_half=0.0 if accel else 32.0,
+                  row_ns=0.0 if accel else 5.0)
 
 
 @dataclass(frozen=True)
@@ -153,6 +181,9 @@ class Kernel:
     precision: str
     flops: float
     bytes: float
+    depth: float = 0.0  # reduction length per output element of a conv/matmul (0: none)
+    plain: bool = False  # a conv on the runtime's plain kernel, as with its fusion off
+    rows: float = 0.0  # rows a normalisation/reduction kernel loops over (outer size)
 
 
 @dataclass
@@ -191,6 +222,10 @@ def bindings_from_shapes(graph: Graph, shapes: Mapping[str, Any] | None) -> dict
 def op_class(node: Node) -> str:
     op = node.op_type
     if op in _CONV:
+        w = node.inputs[1] if len(node.inputs) > 1 else None
+        groups = int(node.attr("group", 1) or 1)
+        if groups > 1 and w is not None and w.shape and len(w.shape) > 1 and w.shape[1] == 1:
+            return "dwconv"
         return "conv"
     if op in _ATTN:
         return "attention"
@@ -322,6 +357,7 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
             free.add(id(n))
         elif op == _DQ and native:
             free.add(id(n))  # merged into its reader by Q/DQ fusion
+    plain: set[int] = set()  # convs on the runtime's plain (not blocked-layout) kernel
     if cfg["backend"] == "onnxruntime" and not simulate:
         slow = []
         for n in nodes:  # ORT's QDQ selector needs DQ -> Conv [-> Relu] -> Q
@@ -330,37 +366,29 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
                     not _result_quantized(n):
                 prec[id(n)] = "fp32"  # a float Conv, its weights dequantized on every call
                 free.discard(id(w.producer))
+                plain.add(id(n))
                 slow.append(n.name or "Conv")
         if slow:
             notes.append(f"{len(slow)} int8 Conv(s) ({', '.join(slow[:3])}) have a result that "
-                         "is not re-quantized: ONNX Runtime runs them in float and dequantizes "
-                         "their weights on every call")
-    if native:
-        for n in nodes:
-            cls = op_class(n)
-            if id(n) in free or cls not in ("elementwise", "norm") or (
-                    cls == "norm" and n.op_type != "BatchNormalization"):
-                continue
-            for v in n.inputs:
-                p = v.producer if v is not None else None
-                if p is None or id(p) not in by_id or id(p) in free or _is_const(v) or \
-                        len(v.consumers()) != 1 or v.is_graph_output():
-                    continue
-                anchor = by_id[find(id(p))]
-                if op_class(anchor) in ("conv", "matmul", "elementwise") or (
-                        n.op_type == "BatchNormalization" and op_class(anchor) == "conv"):
-                    parent[find(id(n))] = find(id(p))
-                    break
+                         "is not re-quantized: ONNX Runtime runs them in float on its plain "
+                         "(not NCHWc) kernel and dequantizes their weights on every call")
+    _merge_epilogues(nodes, cfg, free, find, parent, by_id)
     members: dict[int, list[Node]] = {}
     for n in nodes:
         if id(n) not in free:
             members.setdefault(find(id(n)), []).append(n)
+    widen = not half_kernels(cfg, profile)
+    if widen and (cfg["precision"] in ("fp16", "bf16") or any(
+            n.op_type == "Cast" and n.attr("to") in _HALF for n in nodes)):
+        notes.append(f"{cfg['backend']} has no half-precision Conv/MatMul kernels on this CPU: "
+                     "half-precision regions run in fp32 between Casts it inserts")
     out: list[Kernel] = []
-    for ns in members.values():
+    kprec: dict[int, str] = {}
+    for root, ns in members.items():
         ids = {id(n) for n in ns}
         anchor = max(ns, key=lambda n: (node_flops(n, bind), -ns.index(n)))
         cls = op_class(anchor)
-        p = prec[id(anchor)] if cls in ("conv", "matmul", "attention") else "fp32"
+        p = prec[id(anchor)] if cls in COMPUTE_CLASSES else "fp32"
         flops = float(sum(node_flops(n, bind) for n in ns))
         nbytes, seen = 0.0, set()
         for n in ns:
@@ -374,9 +402,111 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
                     w = _dtype_width(o.dtype)
                     nbytes += numel(o, bind) * (min(w, _ACT_WIDTH.get(p, w)) if simulate
                                                 else w)
+        if widen and (p in ("fp16", "bf16") or any(
+                o.dtype in _HALF for o in anchor.outputs if o is not None)):
+            p, nbytes = "fp32", 2 * nbytes  # run in fp32 between runtime-inserted Casts
         name = anchor.name or anchor.op_type
-        out.append(Kernel(name, tuple(n.op_type for n in ns), cls, p, flops, nbytes))
+        depth = 0.0
+        if cls in COMPUTE_CLASSES and anchor.outputs and numel(anchor.outputs[0], bind):
+            depth = node_flops(anchor, bind) / (2.0 * numel(anchor.outputs[0], bind))
+        out.append(Kernel(name, tuple(n.op_type for n in ns), cls, p, flops, nbytes, depth,
+                          id(anchor) in plain, _rows(anchor, bind) if cls == "norm" else 0.0))
+        kprec[root] = p
+    if simulate and cfg["backend"] == "onnxruntime":
+        out += _simulated_qdq(members, kprec, find, bind)
     return out, notes
+
+
+def _simulated_qdq(members: dict[int, list[Node]], kprec: dict[int, str], find, bind
+                   ) -> list[Kernel]:
+    """The QuantizeLinear / DequantizeLinear kernels ONNX Runtime runs at the edges of int8
+    regions, for a precision simulated on a graph not lowered yet: an int8 kernel whose input
+    comes from a float kernel (or the graph input) quantizes it; one whose result goes on to a
+    float kernel (or out of the graph) dequantizes it. Inside a region QLinear ops chain."""
+    out = []
+    for root, ns in members.items():
+        if kprec.get(root) != "int8":
+            continue
+        ids = {id(n) for n in ns}
+        for n in ns:
+            for v in n.inputs[:1]:
+                p = v.producer if v is not None else None
+                if v is not None and not _is_weight(v) and (
+                        p is None or kprec.get(find(id(p))) != "int8"):
+                    out.append(Kernel(f"{v.name}/q", ("QuantizeLinear",), "elementwise",
+                                      "fp32", 3.0 * numel(v, bind), 5.0 * numel(v, bind)))
+            for o in n.outputs:
+                readers = [c for c, _ in o.uses if id(c) not in ids]
+                if o.is_graph_output() or any(
+                        kprec.get(find(id(c)), "fp32") != "int8" for c in readers):
+                    out.append(Kernel(f"{o.name}/dq", ("DequantizeLinear",), "elementwise",
+                                      "fp32", 2.0 * numel(o, bind), 5.0 * numel(o, bind)))
+    return out
+
+
+# ONNX Runtime's CPU fusions (level "all") give a Conv or MatMul at most two elementwise
+# epilogues (NCHWc Conv + Add + activation, MatMul + Add -> Gemm + activation); it never merges
+# elementwise chains on their own. Level "basic" folds only BatchNormalization into a Conv.
+ORT_EPILOGUES = 2
+
+
+def half_kernels(cfg: Mapping[str, Any], profile) -> bool:
+    """Whether the backend computes fp16/bf16 Conv/MatMul in half precision on the unit. ONNX
+    Runtime's CPU execution provider has half-precision GEMM/Conv kernels (MLAS) only on Arm
+    cores with fp16 arithmetic; elsewhere it inserts Casts and runs those nodes in fp32."""
+    u = profile.unit(cfg["unit"]) if cfg["unit"] else profile.main_unit
+    if cfg["backend"] != "onnxruntime" or u is None or u.kind != "cpu":
+        return True
+    return "fp16" in u.isa
+
+
+def _merge_epilogues(nodes: list[Node], cfg: Mapping[str, Any], free: set[int], find, parent,
+                     by_id) -> None:
+    """Merge elementwise/BatchNormalization nodes into the kernel producing their input, as
+    the backend's runtime does: native fusers (OpenVINO, TVM, TensorRT) merge any elementwise
+    chain into conv/matmul/elementwise kernels; ONNX Runtime only as `ORT_EPILOGUES` says."""
+    native = NATIVE_FUSION.get(cfg["backend"], False)
+    cap = None if native else (ORT_EPILOGUES if cfg["fusion"] else 0)
+    merged: dict[int, int] = {}
+    for n in nodes:
+        cls = op_class(n)
+        bn = n.op_type == "BatchNormalization"
+        if id(n) in free or cls not in ("elementwise", "norm") or (cls == "norm" and not bn):
+            continue
+        for v in n.inputs:
+            p = v.producer if v is not None else None
+            if p is None or id(p) not in by_id or id(p) in free or _is_const(v) or \
+                    len(v.consumers()) != 1 or v.is_graph_output():
+                continue
+            root = find(id(p))
+            acls = op_class(by_id[root])
+            if bn and acls in CONV_CLASSES:
+                ok = True
+            elif cap is None:
+                ok = acls in ("conv", "dwconv", "matmul", "elementwise")
+            else:
+                ok = acls in ("conv", "dwconv", "matmul") and merged.get(root, 0) < cap
+            if ok:
+                parent[find(id(n))] = root
+                merged[root] = merged.get(root, 0) + (0 if bn else 1)
+                break
+
+
+def _rows(node: Node, bind) -> float:
+    """Independent rows a normalisation/reduction node loops over: its input's size divided by
+    the normalised extent (the last axis for Softmax/LayerNorm-style ops, the spatial extent for
+    pooling and BatchNormalization, the reduced length for reductions)."""
+    d = dims(node.inputs[0], bind) if node.inputs and node.inputs[0] is not None else None
+    if not d:
+        return 0.0
+    if node.op_type in ("BatchNormalization", "InstanceNormalization", "GlobalAveragePool",
+                        "GlobalMaxPool", "MaxPool", "AveragePool"):
+        return float(d[0] * (d[1] if len(d) > 1 else 1))
+    if node.op_type.startswith("Reduce") or node.op_type in ("ArgMax", "ArgMin", "TopK"):
+        total = numel(node.inputs[0], bind)
+        out = numel(node.outputs[0], bind) if node.outputs else 0
+        return float(out or total)
+    return float(numel(node.inputs[0], bind) // max(d[-1], 1))
 
 
 def _result_quantized(node: Node) -> bool:
@@ -465,15 +595,22 @@ def time_kernels(ks: list[Kernel], params: Params, profile, config: Mapping[str,
     s_thr = thread_scale(threads_used(cfg["threads"], cores), cores, params.par_eff)
     f = cache_fraction(profile, unit, footprint)
     sec_per_byte = (f * params.inv_bw_cache + (1 - f) * params.inv_bw) / profile.bandwidth(mode)
-    unfused = params.unfused if runtime_fusion_off(cfg) else 1.0
+    off = runtime_fusion_off(cfg)
     per, total = [], params.call_us * 1e-6
     for k in ks:
         inv = params.inv_eff.get(eff_key(k.op_class, k.precision), 2.0)
-        if k.op_class == "conv":
-            inv *= unfused
-        tc = k.flops * inv / (_peak(profile, k.precision, unit, mode) * s_thr)
+        conv = k.op_class in CONV_CLASSES
+        fixed = params.launch_us + (params.conv_launch_us if conv else 0.0)
+        if conv and (off or k.plain):
+            inv *= params.unfused
+        mem_bound = k.op_class in MEMORY_CLASSES
+        if k.depth > 0:
+            inv *= 1.0 + params.depth_half / k.depth
+        tc = k.flops * (1.0 if mem_bound else inv) / (_peak(profile, k.precision, unit, mode)
+                                                      * s_thr)
         tm = k.bytes * sec_per_byte
-        t = max(tc, tm) + params.launch_us * 1e-6
+        t = max(tc, tm) * (inv if mem_bound else 1.0) + fixed * 1e-6 + k.rows * params.row_ns \
+            * 1e-9
         per.append((t, "compute" if tc >= tm else "memory"))
         total += t
     return total, per
