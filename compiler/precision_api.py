@@ -120,8 +120,8 @@ def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
                     proxy: Any = None) -> dict:
     """Assign and lower per-layer precision in place; returns the manifest's report.
 
-    `proxy`: a speed proxy with `layer_time(layer, precision, profile) -> (s, why)` (default
-    `passes.precision.RooflineProxy`); the cost model can pass itself here.
+    `proxy`: a speed proxy with `layer_time(layer, precision, profile) -> (s, why)` (default:
+    `speed_proxy`, the calibrated cost model or `passes.precision.RooflineProxy`).
     """
     if precision not in PRECISIONS:
         raise ConstraintError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
@@ -165,7 +165,17 @@ def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
             f"precision {precision!r} needs calibration data to set activation ranges: pass "
             "calibration= (an iterable of input dicts) or --calib DIR (.npy/.npz files)")
     return _int8(graph, profile, be, precision, _as_samples(calibration, graph), opts, metric,
-                 proxy or RooflineProxy(), cands, report)
+                 proxy or speed_proxy(graph, profile, be), cands, report)
+
+
+def speed_proxy(graph: Graph, profile, backend: str):
+    """The assignment's speed proxy: the cost model where (device, backend) is calibrated from
+    measurements (`compiler.cost.layer_proxy`), else the documented `RooflineProxy`."""
+    from compiler.cost.layer_proxy import CostModelProxy
+    from compiler.cost.memory import weight_bytes
+
+    return CostModelProxy.for_target(profile, backend, float(weight_bytes(graph))) or \
+        RooflineProxy()
 
 
 def _upgrade_opset(graph: Graph, opset: int) -> None:
@@ -426,7 +436,8 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
                         "predicted_speedup_quantizable_layers":
                             t_float / t_mixed if t_mixed > 0 else 1.0,
                         "measured_sqnr_db": budget_info["measured"]["sqnr_db"],
-                        "measured_cosine": final.cosine, "proxy": type(proxy).__name__,
+                        "measured_cosine": final.cosine, "proxy": type(proxy).__name__ + (
+                            f" ({proxy.source})" if getattr(proxy, "source", "") else ""),
                         "bias_corrected": sum(
                             1 for q in qparams.values()
                             if (q.get("bias_correction") or {}).get("corrected"))}

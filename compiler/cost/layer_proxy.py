@@ -1,0 +1,94 @@
+"""The cost model as the precision assignment's speed proxy (`passes.precision` asks any proxy
+for `layer_time(layer, precision, profile) -> (seconds, why)`).
+
+For one candidate layer (a Conv/MatMul/Gemm described by `passes.precision.LayerInfo`) it builds
+the kernels the layer runs as at that precision and times them with the calibrated parameters of
+(device, backend), exactly as `compiler.cost.model.predict` times a whole graph:
+
+- the layer itself: class conv / dwconv / matmul / attention (two activations), FLOPs = 2 MACs,
+  reduction length K, bytes = weights + input + output at the precision's widths (int8: one
+  byte each; int4-weight: half a byte per weight, float activations; fp16/bf16: two bytes);
+- int8 on a backend without native Q/DQ fusion (ONNX Runtime): one QuantizeLinear kernel for
+  the layer's float input (read 4 bytes, write 1 per element), as at the edge of an int8 region;
+- half precision where the backend has no half kernels on the unit (ONNX Runtime on x86) runs
+  at fp32, so it never shows a gain.
+
+The model's whole-graph terms (per-call overhead) cancel in gain = t_fp32 - t_int8 and are left
+out. `RooflineProxy`'s kernel rules for CPUs without an int8 dot product still apply (a host
+calibration comes from one CPU; a profile of another CPU keeps what is known about its kernels).
+
+`compiler.precision_api` uses this proxy when a calibration file exists for (device, backend),
+i.e. when the numbers come from measurements; elsewhere it keeps the documented
+`RooflineProxy`, whose CPU rules (no int8 gain for depthwise, short or attention layers without
+an int8 dot product) encode what an uncalibrated model cannot know.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compiler.cost.model import NATIVE_FUSION, Kernel, Params, half_kernels, time_kernels
+
+__all__ = ["CostModelProxy"]
+
+_WIDTHS = {"fp32": (4.0, 4.0), "fp16": (2.0, 2.0), "bf16": (2.0, 2.0), "int8": (1.0, 1.0),
+           "int4-weight": (0.5, 4.0)}  # (bytes per weight, bytes per activation)
+
+
+class CostModelProxy:
+    """Layer times from the calibrated cost model of (profile, backend)."""
+
+    def __init__(self, backend: str, params: Params, source: str, footprint_bytes: float = 0.0):
+        self.backend, self.params, self.source = backend, params, source
+        self.footprint = footprint_bytes  # the model's weights + peak activations (cache share)
+
+    @classmethod
+    def for_target(cls, profile, backend: str, footprint_bytes: float = 0.0
+                   ) -> CostModelProxy | None:
+        """The proxy for a calibrated (profile, backend); None without a calibration file."""
+        from compiler.cost.calibration import load_calibration
+
+        cal = load_calibration(profile, backend)
+        if cal is None:
+            return None
+        return cls(backend, cal.params_for(profile), cal.describe(), footprint_bytes)
+
+    def kernels(self, layer: Any, precision: str, profile) -> list[Kernel]:
+        cfg = {"backend": self.backend, "precision": precision, "fusion": True, "threads": 0,
+               "unit": None, "power_mode": None}
+        prec = precision
+        if prec in ("fp16", "bf16") and not half_kernels(cfg, profile):
+            prec = "fp32"
+        cls = "dwconv" if layer.depthwise else "conv" if "Conv" in layer.op_type else \
+            "attention" if layer.dynamic else "matmul"
+        w_b, a_b = _WIDTHS.get(prec, (4.0, 4.0))
+        if layer.dynamic:
+            w_b = a_b
+        nbytes = w_b * layer.weight_elems + a_b * (layer.input_elems + layer.output_elems)
+        out = [Kernel(layer.name, (layer.op_type,), cls, prec, 2.0 * layer.macs, nbytes,
+                      float(layer.reduction))]
+        if prec == "int8" and not NATIVE_FUSION.get(self.backend, False):
+            n = float(layer.input_elems)
+            out.append(Kernel(f"{layer.name}/q", ("QuantizeLinear",), "elementwise", "fp32",
+                              3.0 * n, 5.0 * n))
+        return out
+
+    def _time(self, layer: Any, precision: str, profile) -> float:
+        t, _ = time_kernels(self.kernels(layer, precision, profile), self.params, profile,
+                            {"backend": self.backend, "precision": precision}, self.footprint)
+        return t - self.params.call_us * 1e-6  # a per-inference cost, not the layer's
+
+    def layer_time(self, layer: Any, precision: str, profile) -> tuple[float, str]:
+        from passes.precision import RooflineProxy
+
+        t = self._time(layer, precision, profile)
+        if precision == "fp32":
+            return t, ""
+        ref = self._time(layer, "fp32", profile)
+        s, rule = RooflineProxy().compute_speedup(layer, precision, profile)
+        if s <= 1.0 and rule:  # a kernel rule of the unit (no int8 dot product): no gain
+            return max(t, ref + 1e-9), rule
+        if t >= ref:
+            return t, (f"cost model ({self.source.split(':')[0]}): {precision} "
+                       f"{t * 1e6:.1f} us vs fp32 {ref * 1e6:.1f} us, not faster")
+        return t, ""
