@@ -75,9 +75,12 @@ def test_no_vnni_cpu_keeps_small_and_depthwise_convs_and_attention_float(cnn, vi
     att = [v for v in rep["layers"].values() if v["dynamic"]]
     assert len(att) == 4 and all(v["precision"] == "fp32" and "attention" in v["reason"]
                                  for v in att)
-    # with VNNI the same attention MatMuls are judged on the roofline, not by rule
+    # with VNNI the no-dot-product rule does not apply; the calibrated cost model of this
+    # host keeps them float for what its runtimes measured (no int8 gain on attention blocks)
     _, rep = _apply(vit, vnni_host())
-    assert all("attention" not in v["reason"] for v in rep["layers"].values())
+    att = [v for v in rep["layers"].values() if v["dynamic"]]
+    assert all("dot product" not in v["reason"] and "measured no faster" in v["reason"]
+               for v in att)
 
 
 def test_budget_monotone_and_deterministic(cnn):

@@ -229,6 +229,7 @@ def fit(samples: Sequence[Sample], profile, backend: str, prior: Params | None =
     sol = least_squares(resid, theta0, method="trf", bounds=(lo, hi), x_scale=1.0,
                         max_nfev=2000)
     p = _unpack(sol.x, keys, prior)
+    p.measured = tuple(sorted({keys[i] for i in set(a["kidx"].tolist())}))
     p.source = f"fitted on {n} host measurements ({backend})"
     return p
 

@@ -126,6 +126,7 @@ class Params:
     inv_bw_cache: float = 0.4  # last-level-cache bandwidth = DRAM bandwidth / inv_bw_cache
     par_eff: float = 0.9  # each extra thread adds par_eff of one thread's speed
     unfused: float = 1.3  # conv slow-down when the runtime's own fusion/layout passes are off
+    measured: tuple[str, ...] = ()  # efficiency keys the fit had measurements for ("" = n/a)
     mem_w: float = 1.0
     mem_a: float = 1.0
     mem_base_mb: float = 0.0
@@ -137,7 +138,8 @@ class Params:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Params:
-        return cls(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()})
+        return cls(**{k: (dict(v) if isinstance(v, Mapping) else tuple(v) if isinstance(
+            v, list) else v) for k, v in d.items()})
 
 
 def prior_params(profile, backend: str, unit: str | None = None) -> Params:
@@ -298,7 +300,9 @@ def _sim_precision(node: Node, policy: str, profile, bind) -> str:
 
 
 def _node_precision(node: Node, qdq_fused: bool) -> str:
-    """Compute precision of a node as the lowered graph states it."""
+    """Compute precision of a node as the lowered graph states it. A MatMul of two activations
+    (attention) is int8 only when both operands come out of an int8 DequantizeLinear."""
+    int8_inputs = 0
     for v in node.inputs:
         p = v.producer if v is not None else None
         if p is not None and p.op_type == _DQ and p.inputs[0] is not None and qdq_fused:
@@ -306,7 +310,9 @@ def _node_precision(node: Node, qdq_fused: bool) -> str:
             if dt in _INT4:
                 return "int4-weight"
             if dt in _INT8 and node.op_type in _CONV | _MATMUL:
-                return "int8"
+                int8_inputs += 1
+    if int8_inputs and (int8_inputs >= 2 or op_class(node) != "attention"):
+        return "int8"
     if node.op_type == "MatMulNBits":
         return "int4-weight"
     for v in node.inputs:
