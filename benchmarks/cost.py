@@ -29,8 +29,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.common import print_table
 from compiler.cost import calibration as C
+from compiler.cost.kernels import kernels
 from compiler.cost.memory import activation_liveness, weight_bytes
-from compiler.cost.model import kernels, prior_params
+from compiler.cost.model import prior_params
 from compiler.onnx_io import export_onnx, import_onnx
 
 ROOT = Path(__file__).resolve().parent.parent / ".cache" / "cost-bench"

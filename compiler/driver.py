@@ -124,12 +124,15 @@ def _choose_backend(profile, backend: str | None):
     if backend is None:
         name, why = profile.backends[0], f"default backend of {profile.name}"
     else:
-        name, why = backend, "chosen by the user"
-        if name not in profile.backends:
-            raise UnknownBackendError(
-                f"backend {name!r} does not serve target {profile.name!r}; "
-                f"it supports {', '.join(profile.backends)}")
+        name, why = _check_backend(profile, backend), "chosen by the user"
     return get_backend(name), why
+
+
+def _check_backend(profile, name: str) -> str:
+    if name not in profile.backends:
+        raise UnknownBackendError(f"backend {name!r} does not serve target {profile.name!r}; "
+                                  f"it supports {', '.join(profile.backends)}")
+    return name
 
 
 def compile(model: Any, target: str = "host", *, backend: str | None = None,
@@ -319,9 +322,8 @@ def _search(graph: Graph, profile, backend: str | None, precision: str | None, c
         precisions = [p for p in profile.precisions if p not in ("int8", "mixed")]
     else:
         precisions = ["fp32"]
-    if backend is not None and backend not in profile.backends:
-        raise UnknownBackendError(f"backend {backend!r} does not serve target "
-                                  f"{profile.name!r}; it supports {', '.join(profile.backends)}")
+    if backend is not None:
+        _check_backend(profile, backend)
     return search(graph, profile, objective=objective, constraints=cons,
                   bindings=bindings_from_shapes(graph, shapes),
                   backends=[backend] if backend else None, precisions=precisions)

@@ -31,7 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.cost.model import NATIVE_FUSION, Prediction, half_kernels, predict, resolve_config
+from compiler.cost.kernels import NATIVE_FUSION, half_kernels, resolve_config
+from compiler.cost.model import Prediction, predict
 from compiler.errors import ConstraintError
 from compiler.ir import Graph
 

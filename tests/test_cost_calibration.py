@@ -13,7 +13,8 @@ from compiler.cost.calibration import (
     predict_sample,
     save_calibration,
 )
-from compiler.cost.model import Kernel, Params, prior_params
+from compiler.cost.kernels import Kernel
+from compiler.cost.model import Params, prior_params
 from targets.devices import get_profile
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compiler.cost.kernels import kernels
 from compiler.cost.memory import activation_liveness, weight_bytes
-from compiler.cost.model import kernels, predict
+from compiler.cost.model import predict
 from compiler.onnx_io import import_onnx
 from targets.devices import get_profile
 

@@ -11,9 +11,9 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from compiler.cost.kernels import kernels
 from compiler.cost.model import (
     Params,
-    kernels,
     predict,
     prior_params,
     thread_scale,

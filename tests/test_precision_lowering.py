@@ -282,7 +282,6 @@ def test_ort_int8_conv_output_is_requantized_so_ort_forms_qlinearconv(tmp_path):
     """Regression: ONNX Runtime forms QLinearConv only for DQ -> Conv [-> Relu] -> Q. An int8
     Conv feeding a float Add (a residual block) ran as a float Conv that dequantized its weights
     on every call. Its result now gets a Q -> DQ (shared with the next int8 layer's)."""
-    import onnxruntime as ort
 
     rng = np.random.default_rng(1)
     inits = [nh.from_array(_f(16, 16, 3, 3, rng=rng) * 0.1, f"w{i}") for i in range(2)]
@@ -303,11 +302,7 @@ def test_ort_int8_conv_output_is_requantized_so_ort_forms_qlinearconv(tmp_path):
     q_of_ar = [n for n in g if n.op_type == "QuantizeLinear" and n.inputs[0].name == "ar"]
     assert len(q_of_ar) == 1
     out = export_onnx(g)
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
-    so.log_severity_level = 3
-    ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    ops = _ort_optimized_ops(out, tmp_path)
     assert ops.count("QLinearConv") == 2 and "Conv" not in ops and "FusedConv" not in ops, ops
     x = {"x": calib[0]["x"]}
     ref, got = _run(model, x), _run(out, x)
@@ -322,7 +317,6 @@ def test_ort_int8_matmul_bias_add_gets_int32_bias(tmp_path):
     float bias and a float result that Gemm ran in float, dequantizing its weights on every call
     (measured 2.6 ms vs 0.02 ms for a 1024x1024 layer). A bias given as DequantizeLinear of
     int32 (scale = input scale x weight scale) lets it form QGemm."""
-    import onnxruntime as ort
 
     rng = np.random.default_rng(2)
     inits = [nh.from_array(_f(256, 128, rng=rng) * 0.05, "w"),
@@ -341,12 +335,19 @@ def test_ort_int8_matmul_bias_add_gets_int32_bias(tmp_path):
     dq = add.inputs[1].producer
     assert dq.op_type == "DequantizeLinear" and dq.inputs[0].dtype == T.INT32
     out = export_onnx(g)
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
-    so.log_severity_level = 3
-    ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    ops = _ort_optimized_ops(out, tmp_path)
     assert "QGemm" in ops and "FusedGemm" not in ops and "Gemm" not in ops, ops
     x = {"x": calib[0]["x"]}
     ref, got = _run(model, x), _run(out, x)
     assert np.abs(ref - got).max() <= 0.05 * np.abs(ref).max()
+
+
+def _ort_optimized_ops(model, tmp_path) -> list[str]:
+    """The op types of `model` after ONNX Runtime's CPU graph optimisations (level "all")."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]

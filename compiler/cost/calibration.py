@@ -37,16 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from compiler.cost.model import (
-    CONV_CLASSES,
-    MEMORY_CLASSES,
-    Kernel,
-    Params,
-    eff_key,
-    prior_params,
-    resolve_config,
-    thread_scale,
-)
+from compiler.cost.kernels import CONV_CLASSES, MEMORY_CLASSES, Kernel, resolve_config
+from compiler.cost.model import Params, eff_key, prior_params, thread_scale
 
 __all__ = ["Calibration", "Sample", "available_host_backends", "fit", "fit_memory",
            "host_fingerprint", "load_calibration", "measure", "save_calibration"]

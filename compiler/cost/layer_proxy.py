@@ -32,14 +32,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compiler.cost.model import (
-    NATIVE_FUSION,
-    Kernel,
-    Params,
-    eff_key,
-    half_kernels,
-    time_kernels,
-)
+from compiler.cost.kernels import ACT_WIDTH, NATIVE_FUSION, WEIGHT_WIDTH, Kernel, half_kernels
+from compiler.cost.model import Params, eff_key, time_kernels
 
 __all__ = ["CostModelProxy"]
 
@@ -50,16 +44,13 @@ __all__ = ["CostModelProxy"]
 ATTENTION_INT8 = ("attention MatMul (two activations): int8 measured no faster than fp32 on "
                   "this host's runtimes (synthetic attention blocks)")
 
-_WIDTHS = {"fp32": (4.0, 4.0), "fp16": (2.0, 2.0), "bf16": (2.0, 2.0), "int8": (1.0, 1.0),
-           "int4-weight": (0.5, 4.0)}  # (bytes per weight, bytes per activation)
-
 
 class CostModelProxy:
     """Layer times from the calibrated cost model of (profile, backend)."""
 
     def __init__(self, backend: str, params: Params, source: str, footprint_bytes: float = 0.0):
         self.backend, self.params, self.source = backend, params, source
-        self.footprint = footprint_bytes  # the model's weights + peak activations (cache share)
+        self.footprint = footprint_bytes  # the model's bytes, for its last-level-cache share
 
     @classmethod
     def for_target(cls, profile, backend: str, footprint_bytes: float = 0.0
@@ -80,7 +71,7 @@ class CostModelProxy:
             prec = "fp32"
         cls = "dwconv" if layer.depthwise else "conv" if "Conv" in layer.op_type else \
             "attention" if layer.dynamic else "matmul"
-        w_b, a_b = _WIDTHS.get(prec, (4.0, 4.0))
+        w_b, a_b = WEIGHT_WIDTH.get(prec, 4.0), ACT_WIDTH.get(prec, 4.0)
         if layer.dynamic:
             w_b = a_b
         nbytes = w_b * layer.weight_elems + a_b * (layer.input_elems + layer.output_elems)
@@ -92,24 +83,22 @@ class CostModelProxy:
                               3.0 * n, 5.0 * n))
         return out
 
-    def _time(self, layer: Any, precision: str, profile) -> float:
-        t, _ = time_kernels(self.kernels(layer, precision, profile), self.params, profile,
-                            {"backend": self.backend, "precision": precision}, self.footprint)
+    def _time(self, ks: list[Kernel], profile) -> float:
+        t, _ = time_kernels(ks, self.params, profile, {"backend": self.backend}, self.footprint)
         return t - self.params.call_us * 1e-6  # a per-inference cost, not the layer's
 
     def layer_time(self, layer: Any, precision: str, profile) -> tuple[float, str]:
         from passes.precision import RooflineProxy
 
-        t = self._time(layer, precision, profile)
+        ks = self.kernels(layer, precision, profile)
+        t = self._time(ks, profile)
         if precision == "fp32":
             return t, ""
-        ref = self._time(layer, "fp32", profile)
+        ref = self._time(self.kernels(layer, "fp32", profile), profile)
         s, rule = RooflineProxy().compute_speedup(layer, precision, profile)
         if s <= 1.0 and rule:  # a kernel rule of the unit (no int8 dot product): no gain
             return max(t, ref + 1e-9), rule
-        key = eff_key(self.kernels(layer, precision, profile)[0].op_class,
-                      "fp32" if precision in ("fp16", "bf16") and not half_kernels(
-                          {"backend": self.backend, "unit": None}, profile) else precision)
+        key = eff_key(ks[0].op_class, ks[0].precision)
         if self.params.measured and key not in self.params.measured:
             return max(t, ref + 1e-9), (f"{key} kernels were never measured for "
                                         f"{self.backend} here: no gain claimed")
