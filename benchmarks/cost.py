@@ -51,13 +51,14 @@ def _w(name: str, *shape: int) -> onnx.TensorProto:
     return numpy_helper.from_array((RNG.standard_normal(shape) * 0.05).astype(np.float32), name)
 
 
-def conv_case(c: int, s: int, k: int = 3, group: int = 1):
-    """Three Conv+Relu layers, c channels, s x s pixels, k x k kernels (group=c: depthwise)."""
+def conv_case(c: int, s: int, k: int = 3, group: int = 1, stride: int = 1):
+    """Three Conv+Relu layers, c channels, s x s pixels, k x k kernels (group=c: depthwise),
+    each with `stride`."""
     nodes, inits, x = [], [], "x"
     for i in range(3):
         inits += [_w(f"w{i}", c, c // group, k, k), _w(f"b{i}", c)]
         nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], group=group,
-                                   pads=[k // 2] * 4),
+                                   pads=[k // 2] * 4, strides=[stride, stride]),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
     vi = helper.make_tensor_value_info
@@ -113,7 +114,11 @@ def cases() -> list[tuple[str, str, object]]:
     out = [(f"conv_c{c}_s{s}", "synthetic", lambda c=c, s=s: conv_case(c, s))
            for c, s in ((8, 8), (16, 56), (64, 28), (128, 14), (32, 112))]
     out += [("conv_pw_c64_s28", "synthetic", lambda: conv_case(64, 28, k=1)),
-            ("conv_dw_c64_s56", "synthetic", lambda: conv_case(64, 56, group=64))]
+            ("conv_dw_c64_s56", "synthetic", lambda: conv_case(64, 56, group=64)),
+            # ResNet-like shapes: many channels on few pixels, and stride 2
+            ("conv_c256_s7", "synthetic", lambda: conv_case(256, 7)),
+            ("conv_pw_c512_s7", "synthetic", lambda: conv_case(512, 7, k=1)),
+            ("conv_s2_c64_s56", "synthetic", lambda: conv_case(64, 56, stride=2))]
     out += [(f"mm_m{m}_k{k}", "synthetic", lambda m=m, k=k: mm_case(m, k))
             for m, k in ((1, 64), (1, 1024), (64, 512), (256, 1024))]
     out += [(f"ew_n{n}", "synthetic", lambda n=n: ew_case(n)) for n in (2**8, 2**14, 2**18, 2**21)]
@@ -220,7 +225,7 @@ def collect(profile, backends: dict[str, str], fresh: bool = False) -> list[dict
                 print(f"  skip {case} {cfg}: {type(e).__name__}: {e}"[:160], flush=True)
                 continue
             if key not in db:
-                opts = {"threads": cfg["threads"],
+                opts = {"threads": cfg["threads"], "precision": cfg["precision"],
                         "opt_level": "all" if cfg["fusion"] else "basic"}
                 db[key] = C.measure(str(path), str(fpath), cfg["backend"], opts, budget_s=0.8)
                 db_path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@
 shapes for static-shape devices (the Intel NPU compiles static shapes only, so every dynamic dim
 must be given through `shapes=`), and writes the IR with `openvino.save_model(...,
 compress_to_fp16=False)`; precision is not baked into the weights but requested at compile time
-through `ov_config.json` (INFERENCE_PRECISION_HINT f32/f16/bf16, PERFORMANCE_HINT LATENCY,
-INFERENCE_NUM_THREADS on the CPU). Q/DQ in the graph (INT8) is read by OpenVINO as is.
+through `ov_config.json` (INFERENCE_PRECISION_HINT f32/f16/bf16, always set; PERFORMANCE_HINT
+LATENCY, INFERENCE_NUM_THREADS on the CPU). Q/DQ in the graph (INT8) is read by OpenVINO as is.
 
 `legality` converts the ONNX model op by op (`FrontEnd.convert_partially`: ops without an
 OpenVINO conversion rule stay `ONNXFrameworkNode`s) and, for the host CPU, asks the plugin
@@ -21,13 +21,14 @@ import tempfile
 from typing import Any
 
 import numpy as np
+import onnx
 
 from compiler.errors import CompileError, MissingDependencyError
 from compiler.ir import Graph
 from compiler.onnx_io import export_onnx
 from targets.base import Backend, BuildConfig, LegalityReport, Runner, node_key, register_backend
 
-__all__ = ["OpenVinoBackend", "OpenVinoRunner", "ov_device", "ov_properties"]
+__all__ = ["OpenVinoBackend", "OpenVinoRunner", "float_hint", "ov_device", "ov_properties"]
 
 _KIND_TO_DEVICE = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 _PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
@@ -60,12 +61,28 @@ def _needs_static(profile, device: str) -> bool:
     return device == "NPU" or bool(getattr(profile, "static_shapes", False))
 
 
-def ov_properties(device: str, config: BuildConfig) -> dict[str, Any]:
-    """compile_model properties for `device` and the requested precision."""
+def float_hint(graph: Graph | None) -> str:
+    """The precision the float layers of an int8 / mixed / int4-weight graph were given: f16 or
+    bf16 where a Conv/MatMul/Gemm computes in half, else f32."""
+    halfs = {onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.BFLOAT16: "bf16"}
+    for n in graph or ():
+        if n.op_type in ("Conv", "MatMul", "Gemm") and n.outputs and \
+                n.outputs[0].dtype in halfs:
+            return halfs[n.outputs[0].dtype]
+    return "f32"
+
+
+def ov_properties(device: str, config: BuildConfig, graph: Graph | None = None
+                  ) -> dict[str, Any]:
+    """compile_model properties for `device` and the requested precision. The precision hint is
+    always set: left unset, the CPU plugin runs float layers in its own default (bf16 on CPUs
+    with avx512_bf16), which is not the precision the map was validated at and, on a CPU
+    without AMX, measured 1.6x slower than f32 (cnn, ResNet-50 at 112 px, this host). For int8
+    / mixed / int4-weight the Q/DQ or compressed weights decide the quantized layers and
+    `float_hint(graph)` the rest."""
     props: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    hint = _PRECISION_HINT.get(config.precision)
-    if hint is not None:  # int8 / int4-weight: the Q/DQ or compressed weights decide
-        props["INFERENCE_PRECISION_HINT"] = hint
+    props["INFERENCE_PRECISION_HINT"] = _PRECISION_HINT.get(config.precision) or \
+        float_hint(graph)
     threads = config.option("threads")
     if threads and device == "CPU":
         props["INFERENCE_NUM_THREADS"] = int(threads)
@@ -192,7 +209,7 @@ class OpenVinoBackend(Backend):
             ov.save_model(model, os.path.join(out_dir, "model.xml"), compress_to_fp16=False)
         ov_config = {
             "device": device,
-            "properties": ov_properties(device, config),
+            "properties": ov_properties(device, config, graph),
             "inputs": [v.name for v in graph.inputs if v.const is None],
             "outputs": [v.name for v in graph.outputs],
             "static_shapes": static,

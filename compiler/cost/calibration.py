@@ -323,9 +323,7 @@ def _runner(spec: dict, feeds: dict[str, np.ndarray]):
     if backend == "openvino":
         import openvino as ov
 
-        cfg = {"INFERENCE_NUM_THREADS": int(opts["threads"])} if opts.get("threads") else {}
-        cfg["PERFORMANCE_HINT"] = "LATENCY"
-        req = ov.Core().compile_model(path, "CPU", cfg).create_infer_request()
+        req = ov.Core().compile_model(path, "CPU", spec["ov_properties"]).create_infer_request()
         return lambda: req.infer(feeds)
     if backend == "tvm":
         import tvm
@@ -350,6 +348,13 @@ def _run_one(spec: dict) -> dict[str, Any]:
                                                                                      0)))
         if spec.get("build_only"):
             return {"built": spec["tvm_so"]}
+    if spec["backend"] == "openvino":  # the properties the backend deploys (precision hint)
+        from targets.base import BuildConfig
+        from targets.openvino import ov_properties
+
+        opts = spec["options"]
+        spec["ov_properties"] = ov_properties("CPU", BuildConfig(
+            precision=opts.get("precision", "fp32"), options={"threads": opts.get("threads")}))
     rss0 = psutil.Process().memory_info().rss
     run = _runner(spec, feeds)
     run()
