@@ -2,9 +2,11 @@
 
 For each model: the FP32 ONNX, edgec's mixed-INT8 Q/DQ graph (host profile, openvino backend)
 and NNCF's default post-training quantization of the same model with the same calibration
-samples, all compiled by OpenVINO for CPU. Latency: median of `--runs` (>= 10) runs,
-interleaved FP32 / edgec / NNCF so machine load hits all three alike. Accuracy: cosine vs FP32
-on held-out inputs (and top-1 on the digits test split for the trained models).
+samples, all compiled by OpenVINO for CPU with the properties edgec's backend deploys (precision
+hint f32 for FP32 and for the float layers of both quantized models; "fp32 ov-default" is the
+FP32 model under the plugin's defaults, bf16 on CPUs with avx512_bf16). Latency: median of
+`--runs` (>= 10) runs, interleaved FP32 / edgec / NNCF so machine load hits all alike. Accuracy:
+cosine vs FP32 on held-out inputs (and top-1 on the digits test split for the trained models).
 
     python -m benchmarks.precision [--models digits_cnn,cnn,siglip] [--runs 15]
 
@@ -51,8 +53,18 @@ def _case(name: str, batch: int):
     return path, calib, evals, None, cons
 
 
-def _ov(core, model, cfg=None):
-    return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS, **(cfg or {})})
+def _ov(core, model, precision: str | None, graph=None):
+    """Compiled for CPU with the properties edgec's OpenVINO backend deploys for `precision`
+    (the precision hint: f32 for fp32 and for the float layers of a quantized graph); None: the
+    plugin's defaults (bf16 float layers on CPUs with avx512_bf16)."""
+    from targets.base import BuildConfig
+    from targets.openvino import ov_properties
+
+    props = {"INFERENCE_NUM_THREADS": THREADS}
+    if precision is not None:
+        props = ov_properties("CPU", BuildConfig(precision=precision,
+                                                 options={"threads": THREADS}), graph)
+    return core.compile_model(model, "CPU", props)
 
 
 def _nncf(core, path, calib):
@@ -83,13 +95,15 @@ def run(name: str, runs: int, batch: int) -> list[dict]:
     report = apply_precision(g, get_profile("host"), "openvino", "mixed", calib, cons)
     edgec_s = time.perf_counter() - t0
     mixed = export_onnx(g)
-    variants = {"fp32": _ov(core, core.read_model(str(path))),
-                "edgec mixed": _ov(core, core.read_model(mixed.SerializeToString(), b""))}
+    variants = {"fp32": _ov(core, core.read_model(str(path)), "fp32"),
+                "fp32 ov-default": _ov(core, core.read_model(str(path)), None),
+                "edgec mixed": _ov(core, core.read_model(mixed.SerializeToString(), b""),
+                                   "mixed", g)}
     nncf_err = ""
     try:
         t0 = time.perf_counter()
         qmodel, label = _nncf(core, path, calib)
-        variants[label] = _ov(core, qmodel)
+        variants[label] = _ov(core, qmodel, "int8")  # float layers f32, as edgec's
         nncf_s = time.perf_counter() - t0
     except Exception as e:  # nncf missing or failing: report, don't hide
         nncf_err, nncf_s = f"{type(e).__name__}: {e}"[:120], 0.0
