@@ -29,8 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.common import print_table
 from compiler.cost import calibration as C
-from compiler.cost.kernels import kernels
-from compiler.cost.memory import activation_liveness, weight_bytes
+from compiler.cost.kernels import kernels, resident_weight_bytes
+from compiler.cost.memory import activation_liveness
 from compiler.cost.model import prior_params
 from compiler.onnx_io import export_onnx, import_onnx
 
@@ -238,7 +238,7 @@ def collect(profile, backends: dict[str, str], fresh: bool = False) -> list[dict
             ks, _ = kernels(graph, ecfg, profile, bind)
             rows.append({"case": case, "group": group, "config": cfg, "kernels": ks,
                          "measured": m, "bind": bind,
-                         "weights_mb": weight_bytes(graph, None, bind) / 2**20,
+                         "weights_mb": resident_weight_bytes(graph, ecfg, profile, bind) / 2**20,
                          "acts_mb": activation_liveness(graph, bind).peak_bytes / 2**20})
     return rows
 

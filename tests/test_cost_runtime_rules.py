@@ -149,6 +149,28 @@ def test_ort_half_precision_on_x86_runs_in_fp32_and_search_prunes_it():
     assert any("runs as fp32" in c.pruned for c in res.pruned)
 
 
+def test_half_weights_stay_fp32_in_memory_where_the_runtime_has_no_half_kernels():
+    """ONNX Runtime on x86 folds the Cast in front of an fp16 MatMul into an fp32 weight, so
+    fp16 saves no weight memory there; OpenVINO keeps them half. Lowered and simulated alike."""
+    from passes.fp16 import to_fp16
+
+    rng = np.random.default_rng(0)
+    w = nh.from_array(rng.standard_normal((256, 256)).astype(np.float32), "w")
+    g = _graph([h.make_node("MatMul", ["x", "w"], ["y"])], [("x", [4, 256])], [w])
+    x86, half_mb = vnni_host(), 256 * 256 * 2 / 2**20
+
+    def mem(graph, backend, prec):
+        p = dataclasses.replace(prior_params(x86, backend), mem_w=1.0, mem_a=0.0,
+                                mem_base_mb=0.0)  # memory = resident weights only
+        return predict(graph, {"backend": backend, "precision": prec}, x86,
+                       calibration=p).memory_mb
+
+    for graph in (g, to_fp16(g)):  # simulated, then lowered
+        assert mem(graph, "onnxruntime", "fp16") == pytest.approx(2 * half_mb)
+        assert mem(graph, "openvino", "fp16") == pytest.approx(half_mb)
+    assert mem(g, "openvino", "fp32") == pytest.approx(2 * half_mb)
+
+
 def test_simulated_int8_on_ort_pays_quantize_and_dequantize_at_region_edges():
     """A graph not lowered yet, costed at int8 for ONNX Runtime: one QuantizeLinear where the
     int8 region starts and one DequantizeLinear where it ends; none between two int8 layers."""

@@ -45,10 +45,10 @@ from compiler.cost.kernels import (
     NATIVE_FUSION,
     Kernel,
     kernels,
+    resident_weight_bytes,
     resolve_config,
-    weight_widths,
 )
-from compiler.cost.memory import activation_liveness, weight_bytes
+from compiler.cost.memory import activation_liveness
 from compiler.ir import Graph
 
 __all__ = ["EFF_KEYS", "Params", "Prediction", "bindings_from_shapes", "cache_fraction",
@@ -247,8 +247,7 @@ def predict(graph: Graph, config: Mapping[str, Any] | None, profile, *,
     params, notes = _params(calibration, profile, cfg)
     ks, more = kernels(graph, cfg, profile, bind)
     notes += more
-    widths = weight_widths(graph, cfg, profile, bind)
-    wbytes = weight_bytes(graph, lambda v: widths.get(id(v)), bind)
+    wbytes = resident_weight_bytes(graph, cfg, profile, bind)
     acts = activation_liveness(graph, bind, fused=True).peak_bytes
     seconds, per = time_kernels(ks, params, profile, cfg, wbytes + acts)
     mem = params.mem_w * wbytes + params.mem_a * acts + params.mem_base_mb * 2**20
