@@ -51,9 +51,11 @@ def _w(name: str, *shape: int) -> onnx.TensorProto:
     return numpy_helper.from_array((RNG.standard_normal(shape) * 0.05).astype(np.float32), name)
 
 
-def conv_case(c: int, s: int, k: int = 3, group: int = 1, stride: int = 1):
+def conv_case(c: int, s: int, k: int = 3, group: int = 1, stride: int = 1, head: bool = False):
     """Three Conv+Relu layers, c channels, s x s pixels, k x k kernels (group=c: depthwise),
-    each with `stride`."""
+    each with `stride`; `head`: then a 1x1 Conv to 4 channels, so that in int8 the three
+    layers' results are re-quantized (the integer kernels ONNX Runtime runs) and only the cheap
+    head stays float."""
     nodes, inits, x = [], [], "x"
     for i in range(3):
         inits += [_w(f"w{i}", c, c // group, k, k), _w(f"b{i}", c)]
@@ -61,6 +63,10 @@ def conv_case(c: int, s: int, k: int = 3, group: int = 1, stride: int = 1):
                                    pads=[k // 2] * 4, strides=[stride, stride]),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
+    if head:
+        inits += [_w("wh", 4, c, 1, 1)]
+        nodes.append(helper.make_node("Conv", [x, "wh"], ["head"]))
+        x = "head"
     vi = helper.make_tensor_value_info
     return _model("conv", nodes, [vi("x", TensorProto.FLOAT, [1, c, s, s])],
                   [vi(x, TensorProto.FLOAT, None)], inits), {"x": (1, c, s, s)}
@@ -119,6 +125,8 @@ def cases() -> list[tuple[str, str, object]]:
             ("conv_c256_s7", "synthetic", lambda: conv_case(256, 7)),
             ("conv_pw_c512_s7", "synthetic", lambda: conv_case(512, 7, k=1)),
             ("conv_s2_c64_s56", "synthetic", lambda: conv_case(64, 56, stride=2))]
+    out += [(f"conv_q_c{c}_s{s}", "synthetic", lambda c=c, s=s: conv_case(c, s, head=True))
+            for c, s in ((64, 28), (128, 14), (256, 7))]
     out += [(f"mm_m{m}_k{k}", "synthetic", lambda m=m, k=k: mm_case(m, k))
             for m, k in ((1, 64), (1, 1024), (64, 512), (256, 1024))]
     out += [(f"ew_n{n}", "synthetic", lambda n=n: ew_case(n)) for n in (2**8, 2**14, 2**18, 2**21)]

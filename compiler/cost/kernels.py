@@ -48,9 +48,10 @@ __all__ = ["ACT_WIDTH", "COMPUTE_CLASSES", "CONV_CLASSES", "FREE_OPS", "MEMORY_C
            "NATIVE_FUSION", "OP_CLASSES", "WEIGHT_WIDTH", "Kernel", "half_kernels", "kernels",
            "op_class", "resident_weight_bytes", "resolve_config", "weight_widths"]
 
-OP_CLASSES = ("conv", "dwconv", "matmul", "attention", "elementwise", "norm", "data")
+OP_CLASSES = ("conv", "dwconv", "matmul", "attention", "elementwise", "norm", "data", "qdq")
 CONV_CLASSES = ("conv", "dwconv")  # dwconv: depthwise (one input channel per group)
-MEMORY_CLASSES = ("elementwise", "norm", "data")  # their efficiency scales the whole kernel
+# their efficiency scales the whole kernel; qdq = a standalone (De)QuantizeLinear
+MEMORY_CLASSES = ("elementwise", "norm", "data", "qdq")
 COMPUTE_CLASSES = ("conv", "dwconv", "matmul", "attention")
 FREE_OPS = ALIAS_OPS | {"Shape", "Size", "Constant", "ConstantOfShape"}
 _CONV = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "FusedConv"}
@@ -108,6 +109,8 @@ def op_class(node: Node) -> str:
         return "norm"
     if op in _DATA:
         return "data"
+    if op in (_Q, _DQ, "DynamicQuantizeLinear"):
+        return "qdq"
     return "elementwise"
 
 
@@ -151,20 +154,23 @@ def _lowered(graph: Graph) -> bool:
                                                           _HALF) for n in graph)
 
 
+_SIM_CONV = ("Conv", "FusedConv")  # FusedConv: edgec's ONNX Runtime fusion of Conv + activation
+_SIM_OPS = _SIM_CONV + ("MatMul", "Gemm", "FusedMatMul", "FusedGemm")
+
+
 def _sim_precision(node: Node, policy: str, profile, bind) -> str:
-    if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.inputs) < 2 or \
-            not _is_weight(node.inputs[1]):
+    if node.op_type not in _SIM_OPS or len(node.inputs) < 2 or not _is_weight(node.inputs[1]):
         return "fp32"
     if policy == "mixed":
         w = dims(node.inputs[1], bind) or [1, 1]
-        if node.op_type == "Conv":
+        if node.op_type in _SIM_CONV:
             k = numel(node.inputs[1], bind) // max(w[0], 1)
         else:
-            k = w[-1] if node.op_type == "Gemm" and node.attr("transB", 0) else w[0]
+            k = w[-1] if node.op_type in ("Gemm", "FusedGemm") and node.attr("transB", 0) else w[0]
         if k >= 64:
             return "int8"
         return "fp16" if profile.peak("fp16") > 0 else "fp32"
-    if policy == "int4-weight" and node.op_type == "Conv":
+    if policy == "int4-weight" and node.op_type in _SIM_CONV:
         return "fp32"
     return policy
 
@@ -231,9 +237,18 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
         if op in FREE_OPS or (op == _DQ and _is_const(n.inputs[0])) or (
                 op == "Cast" and _is_const(n.inputs[0])):
             free.add(id(n))
-        elif op == _DQ and native:
+        elif op == _DQ and native and (cfg["backend"] != "onnxruntime" or all(
+                _ort_fuses_dq(c) for c, _ in n.outputs[0].uses)):
             free.add(id(n))  # merged into its reader by Q/DQ fusion
     plain: set[int] = set()  # convs on the runtime's plain (not blocked-layout) kernel
+    if cfg["backend"] == "onnxruntime" and simulate:
+        from passes.quantize import result_after_relu
+
+        for n in nodes:  # the lowering re-quantizes every int8 Conv result but a graph output
+            if prec[id(n)] == "int8" and n.op_type in _SIM_CONV and \
+                    result_after_relu(n).is_graph_output():
+                prec[id(n)] = "fp32"
+                plain.add(id(n))
     if cfg["backend"] == "onnxruntime" and not simulate:
         slow = []
         for n in nodes:  # ORT's QDQ selector needs DQ -> Conv [-> Relu] -> Q
@@ -290,6 +305,9 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
         kprec[root] = p
     if simulate and cfg["backend"] == "onnxruntime":
         out += _simulated_qdq(members, kprec, find, bind)
+    if cfg["backend"] == "onnxruntime" and native:
+        kcls = {root: k.op_class for root, k in zip(members, out)}
+        out += _ort_nhwc_transposes(members, kprec, kcls, find, free, bind)
     return out, notes
 
 
@@ -309,14 +327,71 @@ def _simulated_qdq(members: dict[int, list[Node]], kprec: dict[int, str], find, 
                 p = v.producer if v is not None else None
                 if v is not None and not _is_weight(v) and (
                         p is None or kprec.get(find(id(p))) != "int8"):
-                    out.append(Kernel(f"{v.name}/q", ("QuantizeLinear",), "elementwise",
+                    out.append(Kernel(f"{v.name}/q", ("QuantizeLinear",), "qdq",
                                       "fp32", 3.0 * numel(v, bind), 5.0 * numel(v, bind)))
             for o in n.outputs:
                 readers = [c for c, _ in o.uses if id(c) not in ids]
                 if o.is_graph_output() or any(
                         kprec.get(find(id(c)), "fp32") != "int8" for c in readers):
-                    out.append(Kernel(f"{o.name}/dq", ("DequantizeLinear",), "elementwise",
+                    out.append(Kernel(f"{o.name}/dq", ("DequantizeLinear",), "qdq",
                                       "fp32", 2.0 * numel(o, bind), 5.0 * numel(o, bind)))
+    return out
+
+
+# Readers ONNX Runtime's Q/DQ selectors fold a DequantizeLinear into (QLinear* / integer
+# kernels, or dropped Q/DQ pairs around layout ops); for others the DequantizeLinear runs alone.
+_ORT_QLINEAR = {"Add", "Mul", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu",
+                "Softmax", "Concat"}
+_ORT_DROP_QDQ = ALIAS_OPS | {"Transpose", "MaxPool", "Resize", "Gather", "Slice", "Split"}
+
+
+def _ort_fuses_dq(reader: Node) -> bool:
+    if reader.op_type in ("MatMul", "Gemm") or reader.op_type in _ORT_DROP_QDQ:
+        return True
+    if reader.op_type == "Conv" or reader.op_type in _ORT_QLINEAR:
+        return _result_quantized(reader)  # QLinearConv / QLinearAdd ... need a Q after
+    return False
+
+
+def _ort_nhwc_transposes(members: dict[int, list[Node]], kprec: dict[int, str],
+                         kcls: dict[int, str], find, free: set[int], bind) -> list[Kernel]:
+    """ONNX Runtime (level "all") runs int8 Convs as NHWC QLinearConv and puts a Transpose of
+    the quantized tensor where such a region begins and ends (ORT profile of the zoo CNN in
+    int8: 9-18 us per Transpose against 26-89 us per QLinearConv). The region: int8 convs and
+    the elementwise kernels fed only by the region."""
+    nhwc: set[int] = set()
+    edges: dict[int, list[tuple[Value, int | None]]] = {}
+    for root, ns in members.items():  # graph order
+        ids = {id(n) for n in ns}
+        ins = []
+        for n in ns:
+            for v in n.inputs:
+                if v is None or _is_const(v):
+                    continue
+                p = v.producer
+                while p is not None and id(p) in free and p.inputs and p.inputs[0] is not None \
+                        and p.op_type != "Constant":
+                    v, p = p.inputs[0], p.inputs[0].producer
+                if (p is None or id(p) not in ids) and not _is_const(v):
+                    ins.append((v, find(id(p)) if p is not None else None))
+        edges[root] = ins
+        if kcls[root] in CONV_CLASSES and kprec.get(root) == "int8":
+            nhwc.add(root)
+        elif kcls[root] == "elementwise" and ins and all(k in nhwc for _, k in ins):
+            nhwc.add(root)
+    out, seen = [], set()
+    for root, ins in edges.items():
+        for v, k in ins:
+            if ((root in nhwc) != (k in nhwc)) and (id(v), root in nhwc) not in seen:
+                seen.add((id(v), root in nhwc))
+                out.append(Kernel(f"{v.name}/transpose", ("Transpose",), "data", "int8", 0.0,
+                                  2.0 * numel(v, bind)))
+    for root in nhwc:
+        for n in members[root]:
+            for o in n.outputs:
+                if o.is_graph_output():
+                    out.append(Kernel(f"{o.name}/transpose", ("Transpose",), "data", "int8",
+                                      0.0, 2.0 * numel(o, bind)))
     return out
 
 
@@ -345,7 +420,7 @@ def _merge_epilogues(nodes: list[Node], cfg: Mapping[str, Any], free: set[int], 
     cap = None if native else (ORT_EPILOGUES if cfg["fusion"] else 0)
     merged: dict[int, int] = {}
     for n in nodes:
-        cls = op_class(n)
+        cls = "elementwise" if n.op_type == _Q else op_class(n)  # a Q merges as an epilogue
         bn = n.op_type == "BatchNormalization"
         if id(n) in free or cls not in ("elementwise", "norm") or (cls == "norm" and not bn):
             continue
@@ -356,8 +431,9 @@ def _merge_epilogues(nodes: list[Node], cfg: Mapping[str, Any], free: set[int], 
                 continue
             root = find(id(p))
             acls = op_class(by_id[root])
-            if bn and acls in CONV_CLASSES:
-                ok = True
+            if bn and acls in CONV_CLASSES or n.op_type == _Q and \
+                    by_id[root].op_type in _ORT_QLINEAR:
+                ok = True  # BN folding; DQ -> Add -> Q is one QLinearAdd
             elif cap is None:
                 ok = acls in ("conv", "dwconv", "matmul", "elementwise")
             else:

@@ -66,7 +66,7 @@ def eff_key(cls: str, prec: str) -> str:
     return f"{cls}/{p}"
 
 
-EFF_KEYS = tuple(["elementwise", "norm", "data"] + [
+EFF_KEYS = tuple(["elementwise", "norm", "data", "qdq"] + [
     f"{c}/{p}" for c in COMPUTE_CLASSES for p in ("fp32", "fp16", "int8", "int4")])
 
 
@@ -111,7 +111,7 @@ def prior_params(profile, backend: str, unit: str | None = None) -> Params:
     accel = kind in ("gpu", "dla", "npu", "fpga")
     base = {"conv": 2.5, "dwconv": 5.0, "matmul": 3.3, "attention": 3.3} if accel else \
         {"conv": 2.0, "dwconv": 4.0, "matmul": 2.0, "attention": 3.3}
-    inv = {"elementwise": 1.0, "norm": 2.0, "data": 1.5}
+    inv = {"elementwise": 1.0, "norm": 2.0, "data": 1.5, "qdq": 1.5}
     for k in EFF_KEYS:
         if "/" in k:
             cls = k.split("/")[0]
