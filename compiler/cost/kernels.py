@@ -275,6 +275,7 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
                      "half-precision regions run in fp32 between Casts it inserts")
     out: list[Kernel] = []
     kprec: dict[int, str] = {}
+    kcls: dict[int, str] = {}
     for root, ns in members.items():
         ids = {id(n) for n in ns}
         anchor = max(ns, key=lambda n: (node_flops(n, bind), -ns.index(n)))
@@ -302,11 +303,10 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
             depth = node_flops(anchor, bind) / (2.0 * numel(anchor.outputs[0], bind))
         out.append(Kernel(name, tuple(n.op_type for n in ns), cls, p, flops, nbytes, depth,
                           id(anchor) in plain, _rows(anchor, bind) if cls == "norm" else 0.0))
-        kprec[root] = p
+        kprec[root], kcls[root] = p, cls
     if simulate and cfg["backend"] == "onnxruntime":
         out += _simulated_qdq(members, kprec, find, bind)
     if cfg["backend"] == "onnxruntime" and native:
-        kcls = {root: k.op_class for root, k in zip(members, out)}
         out += _ort_nhwc_transposes(members, kprec, kcls, find, free, bind)
     return out, notes
 
@@ -365,13 +365,7 @@ def _ort_nhwc_transposes(members: dict[int, list[Node]], kprec: dict[int, str],
         ids = {id(n) for n in ns}
         ins = []
         for n in ns:
-            for v in n.inputs:
-                if v is None or _is_const(v):
-                    continue
-                p = v.producer
-                while p is not None and id(p) in free and p.inputs and p.inputs[0] is not None \
-                        and p.op_type != "Constant":
-                    v, p = p.inputs[0], p.inputs[0].producer
+            for v, p in (_through_free(x, free) for x in n.inputs if x is not None):
                 if (p is None or id(p) not in ids) and not _is_const(v):
                     ins.append((v, find(id(p)) if p is not None else None))
         edges[root] = ins
@@ -431,13 +425,13 @@ def _merge_epilogues(nodes: list[Node], cfg: Mapping[str, Any], free: set[int], 
                 continue
             root = find(id(p))
             acls = op_class(by_id[root])
-            if bn and acls in CONV_CLASSES or n.op_type == _Q and \
-                    by_id[root].op_type in _ORT_QLINEAR:
-                ok = True  # BN folding; DQ -> Add -> Q is one QLinearAdd
+            if bn and acls in CONV_CLASSES:
+                ok = True
             elif cap is None:
                 ok = acls in ("conv", "dwconv", "matmul", "elementwise")
-            else:
-                ok = acls in ("conv", "dwconv", "matmul") and merged.get(root, 0) < cap
+            else:  # ONNX Runtime; with its Q/DQ fusions DQ -> Add -> Q is one QLinearAdd
+                ok = acls in ("conv", "dwconv", "matmul") and merged.get(root, 0) < cap or \
+                    cap > 0 and n.op_type == _Q and by_id[root].op_type in _ORT_QLINEAR
             if ok:
                 parent[find(id(n))] = root
                 merged[root] = merged.get(root, 0) + (0 if bn else 1)
@@ -482,13 +476,20 @@ def _dtype_width(dt: int | None) -> float:
     return 4.0
 
 
-def _read_bytes(v: Value, ids: set[int], free: set[int], prec: str, simulate: bool,
-                bind) -> float:
-    """Bytes a kernel reads for input `v` (0 if produced inside the kernel)."""
+def _through_free(v: Value, free: set[int]) -> tuple[Value, Node | None]:
+    """The tensor a kernel really reads for input `v`, and its producer: looks through views
+    and folded DequantizeLinear/Cast nodes (the `free` ones)."""
     p = v.producer
     while p is not None and id(p) in free and p.inputs and p.inputs[0] is not None and \
             p.op_type != "Constant":
-        v, p = p.inputs[0], p.inputs[0].producer  # look through views and folded DQ/Cast
+        v, p = p.inputs[0], p.inputs[0].producer
+    return v, p
+
+
+def _read_bytes(v: Value, ids: set[int], free: set[int], prec: str, simulate: bool,
+                bind) -> float:
+    """Bytes a kernel reads for input `v` (0 if produced inside the kernel)."""
+    v, p = _through_free(v, free)
     if p is not None and id(p) in ids:
         return 0.0
     if _is_const(v) and simulate and prec in WEIGHT_WIDTH:
