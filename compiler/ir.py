@@ -408,6 +408,12 @@ class Graph:
         other._head = other._tail = None
         other._count = 0
 
+    def drop_if_unused(self, v: Value | None) -> None:
+        """Delete initializer `v` when nothing reads it and it is not a graph input/output."""
+        if v is not None and v.const is not None and not v.uses and not v.is_graph_output() \
+                and self.initializers.get(v.name) is v and not any(x is v for x in self.inputs):
+            del self.initializers[v.name]
+
     def remove_unused_initializers(self) -> int:
         input_ids = {id(v) for v in self.inputs}
         dead = [k for k, v in self.initializers.items()

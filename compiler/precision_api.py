@@ -306,8 +306,8 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         tensors += [n.inputs[i].name for i in qz.activation_inputs(n)] + [n.outputs[0].name]
     method = opts["calibration_method"]
     kw = {"percentile": float(opts["percentile"])} if method == "percentile" else {}
-    mean_keys = [k for k in map(_mean_key, cands) if k is not None] \
-        if opts["bias_correction"] else []
+    key_of = {n.name: _mean_key(n) for n in cands} if opts["bias_correction"] else {}
+    mean_keys = [k for k in key_of.values() if k is not None]
     calib = collect(graph, tensors, samples, method, keep=int(opts["sensitivity_samples"]),
                     means=mean_keys, **kw)
     unit = profile.main_unit
@@ -317,7 +317,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         "avx2" in unit.isa
 
     def lower(g: Graph, node: Node) -> dict:
-        key = _mean_key(node) if mean_keys else None
+        key = key_of.get(node.name)
         return qz.lower_int8(g, node, calib.ranges, act_dtype=act_dtype,
                              symmetric_act=be == "tensorrt", reduce_range=reduce_range,
                              input_mean=calib.means.get(key) if key else None)

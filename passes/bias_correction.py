@@ -91,8 +91,8 @@ def _replace_const(graph: Graph, node: Node, i: int, array: np.ndarray, hint: st
     node.set_input(i, new)
     if old is None or old.uses or old.is_graph_output():
         return
-    if old.name in graph.initializers and not any(x is old for x in graph.inputs):
-        del graph.initializers[old.name]
+    if old.const is not None:
+        graph.drop_if_unused(old)
     elif old.producer is not None and old.producer.op_type == "Constant" and \
             old.producer.graph is graph:
         graph.remove(old.producer)

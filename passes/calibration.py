@@ -166,7 +166,7 @@ class ChannelMeanObserver:
             self.consistent = False
             return
         axis = self.axis % x.ndim
-        s = x.astype(np.float64).sum(axis=tuple(i for i in range(x.ndim) if i != axis))
+        s = x.sum(axis=tuple(i for i in range(x.ndim) if i != axis), dtype=np.float64)
         if self.sum is None:
             self.sum = s
         elif self.sum.shape != s.shape:

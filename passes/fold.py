@@ -102,8 +102,10 @@ class ConstantFolding(Pass):
         if node.op_type != "Constant" and (not node.inputs or not all(
                 v is None or is_constant(v) for v in node.inputs)):
             return None
-        in_size = sum(v.const.size if v.const is not None else constant_value(v).size
-                      for v in node.inputs if v is not None)
+        arrays = [constant_value(v) for v in node.inputs if v is not None]
+        if any(a is None for a in arrays):  # a Constant it cannot read (strings, sparse)
+            return None
+        in_size = sum(a.size for a in arrays)
         limit = max(self.config.max_elements, in_size)
         for o in node.outputs:  # refuse before computing a huge result
             shape = o.static_shape()

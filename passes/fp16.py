@@ -101,7 +101,7 @@ class _Converter:
         key = (id(v), dtype)
         if key in self.cache:
             return self.cache[key]
-        if is_constant(v) and not any(v is i for i in self.g.inputs) and dtype in (_F16, _BF16):
+        if is_constant(v) and dtype in (_F16, _BF16):
             new = self.g.make_constant(_to_half(_const_array(v), dtype), f"{v.name}_{self.half}")
         else:
             new = Value(self.g.unique_name(f"{v.name}_to{'32' if dtype == _F32 else '16'}"),

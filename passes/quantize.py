@@ -192,14 +192,8 @@ def _int32_bias(graph: Graph, reader: Node, i: int, b: np.ndarray, bs: np.ndarra
     bv = reader.inputs[i]
     reader.set_input(i, _dq_const(graph, reader, qb.astype(np.int32), bs,
                                   np.zeros(bs.shape, np.int32), 0, bv.name))
-    _drop_if_unused(graph, bv)
+    graph.drop_if_unused(bv)
     return True
-
-
-def _drop_if_unused(graph: Graph, v: Value | None) -> None:
-    if v is not None and v.const is not None and not v.uses and not v.is_graph_output() \
-            and v.name in graph.initializers and not any(x is v for x in graph.inputs):
-        del graph.initializers[v.name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +220,7 @@ def lower_int8(graph: Graph, node: Node, ranges: dict[str, tuple[float, float]],
         q, ws = quantize_weight(w, axis, 63 if reduce_range else 127)
         node.set_input(wi, _dq_const(graph, node, q, ws, np.zeros_like(ws, np.int8), axis,
                                      wv.name))
-        _drop_if_unused(graph, wv)
+        graph.drop_if_unused(wv)
         info["weight"] = {"axis": axis, "channels": int(ws.size), "bits": 7 if reduce_range
                           else 8}
         shift = None
@@ -301,7 +295,7 @@ def lower_float(graph: Graph, node: Node, precision: str) -> None:
 
                 nv = graph.make_constant(arr.astype(ml_dtypes.bfloat16), v.name + "_bf16")
             node.set_input(i, nv)
-            _drop_if_unused(graph, v)
+            graph.drop_if_unused(v)
         else:
             c = _node(graph, "Cast", [v], elem, v.shape, v.name + "/" + precision, to=elem)
             graph.insert_before(node, c)
@@ -411,6 +405,6 @@ def lower_int4_weight(graph: Graph, node: Node, block_size: int = 32, *,
         graph.remove(node, force=True)
         node = mm
         form = "matmulnbits"
-    _drop_if_unused(graph, wv)
+    graph.drop_if_unused(wv)
     node.meta["precision"] = "int4-weight"
     return form

@@ -226,3 +226,14 @@ def test_folded_constant_names_do_not_collide_with_existing_ones():
     g, r = _fold(m)
     assert op_types(g) == ["Mul", "Add"] and r.stats == {"nodes_folded": 1}
     assert g.initializers["s__0"].const.numpy().tolist() == [10.0] * 3
+
+
+def test_constant_it_cannot_read_is_left_alone():
+    """A Constant holding strings (constant_value: None) feeding a node is not folded, and
+    does not crash the pass."""
+    s = tensor_info("s", T.STRING, [2])
+    m = make_model([h.make_node("Constant", [], ["c"], value_strings=["a", "b"]),
+                    h.make_node("Identity", ["c"], ["s"])], [], [s])
+    g = compiler.import_onnx(m)
+    run_pass(g, "constant_folding")
+    assert "Identity" in op_types(g)
