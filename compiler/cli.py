@@ -154,11 +154,15 @@ def _inspect(args) -> dict[str, Any]:
 
 def _predict_for(args, bindings: dict[str, int]) -> dict[str, Any]:
     from compiler.cost import predict
-    from compiler.driver import optimize
+    from compiler.driver import PRECISIONS, _check_backend, optimize
+    from compiler.errors import ConstraintError
     from targets.devices import get_profile
 
     profile = get_profile(args.target)
-    backend = args.backend or profile.backends[0]
+    backend = _check_backend(profile, args.backend) if args.backend else profile.backends[0]
+    if args.precision not in PRECISIONS:
+        raise ConstraintError(f"unknown precision {args.precision!r}; choose one of "
+                              f"{', '.join(PRECISIONS)}")
     graph = optimize(args.model, pipeline="fusion", target=args.target, backend=backend,
                      shapes=dict(args.shape))
     pred = predict(graph, {"backend": backend, "precision": args.precision, "fusion": True},

@@ -118,16 +118,6 @@ def optimize(model: Any, pipeline: str | None = "simplify", *,
     return graph
 
 
-def _choose_backend(profile, backend: str | None):
-    from targets.base import get_backend
-
-    if backend is None:
-        name, why = profile.backends[0], f"default backend of {profile.name}"
-    else:
-        name, why = _check_backend(profile, backend), "chosen by the user"
-    return get_backend(name), why
-
-
 def _check_backend(profile, name: str) -> str:
     if name not in profile.backends:
         raise UnknownBackendError(f"backend {name!r} does not serve target {profile.name!r}; "
@@ -157,7 +147,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     accepts a loss. The manifest records the runners-up under "search". `Artifact.predicted`
     is filled for every compile.
     """
-    from targets.base import BuildConfig
+    from targets.base import BuildConfig, get_backend
     from targets.devices import get_profile
 
     t0 = time.perf_counter()
@@ -170,6 +160,8 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     options = dict(options or {})
     if backend == "auto":
         backend = None
+    if backend is not None:
+        _check_backend(profile, backend)
     budget = (constraints or {}).get("max_accuracy_drop")
     if precision is not None and precision not in PRECISIONS:
         raise ConstraintError(
@@ -186,16 +178,13 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             if backend == "onnxruntime":
                 options.setdefault("graph_optimization_level", "basic")
     precision = precision or "fp32"
-    if precision not in PRECISIONS:
-        raise ConstraintError(
-            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     supported = set(profile.precisions) | (
         {"mixed"} if {"int8", "fp16"} & set(profile.precisions) else set())
     if precision not in supported:
         raise ConstraintError(
             f"{profile.name} does not support {precision}; it supports "
             f"{', '.join(profile.precisions)}")
-    be, why = _choose_backend(profile, backend)
+    be, why = get_backend(backend), "chosen by the user"
     if search_result is not None:
         why = (f"chosen by the cost-model search (objective: {search_result.objective}; "
                f"{len(search_result.candidates)} configurations predicted, runners-up in "
@@ -322,8 +311,6 @@ def _search(graph: Graph, profile, backend: str | None, precision: str | None, c
         precisions = [p for p in profile.precisions if p not in ("int8", "mixed")]
     else:
         precisions = ["fp32"]
-    if backend is not None:
-        _check_backend(profile, backend)
     return search(graph, profile, objective=objective, constraints=cons,
                   bindings=bindings_from_shapes(graph, shapes),
                   backends=[backend] if backend else None, precisions=precisions)

@@ -217,10 +217,9 @@ def search(graph: Graph, profile, *, objective: str = "latency",
     def rank(c: Candidate):
         p = c.prediction
         cfg = c.config  # on a tie, the configuration closest to compile()'s defaults
-        order = list(profile.backends)
         return (getattr(p, metric), p.latency_ms, p.memory_mb, not cfg["fusion"],
                 cfg["threads"] != 0, RISK[cfg["precision"]],
-                order.index(cfg["backend"]) if cfg["backend"] in order else len(order), c.key)
+                profile.backends.index(cfg["backend"]), c.key)  # _prune kept served ones
 
     feasible.sort(key=rank)
     pareto = sorted([c for c in feasible if not any(_dominated(c, o) for o in feasible)],

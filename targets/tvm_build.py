@@ -46,15 +46,13 @@ def build(out_dir: str, profile: Any, config: BuildConfig) -> list[str]:
     import onnx
 
     tvm = import_tvm()
-    from tvm import relax
 
     with open(os.path.join(out_dir, TARGET_FILE)) as f:
         spec = json.load(f)
     t0 = time.perf_counter()
     model = onnx.load(os.path.join(out_dir, "model.onnx"))
     inputs = _inputs(model, config.shapes)
-    mod = _import(model, inputs)
-    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = _relax_module(model, inputs)
     t_import = time.perf_counter() - t0
     symbolic = [i["name"] for i in inputs if not _static(i["shape"])]
 
@@ -96,13 +94,12 @@ def host_library(model: Any, shapes: dict[str, Any], path: str) -> None:
     default schedules, no tuning) into the shared library `path`. The cost-model calibration
     harness measures these, so the fitted TVM numbers are the backend's, not a bare pipeline's."""
     tvm = import_tvm()
-    from tvm import relax
 
     from targets.devices import get_profile
     from targets.tvm import tvm_target
 
     host = get_profile("host")
-    mod = relax.transform.DecomposeOpsForInference()(_import(model, _inputs(model, shapes)))
+    mod = _relax_module(model, _inputs(model, shapes))
     ex, _ = _compile(tvm, mod, tvm_target(host), host, BuildConfig(), 0, [])
     ex.export_library(path)
 
@@ -149,6 +146,14 @@ def _host_llvm() -> dict[str, Any]:
 
 
 # -- import ----------------------------------------------------------------------------------
+
+def _relax_module(model: Any, inputs: list[dict[str, Any]]) -> Any:
+    """The Relax module `build` compiles: the ONNX import, with inference-time decompositions
+    (BatchNorm and friends) applied."""
+    from tvm import relax
+
+    return relax.transform.DecomposeOpsForInference()(_import(model, inputs))
+
 
 def _inputs(model: Any, shapes: dict[str, Any]) -> list[dict[str, Any]]:
     """Graph inputs (initializers excluded) with `shapes` bound: name, shape, numpy dtype."""

@@ -81,3 +81,7 @@ def test_inspect_with_target_predicts_per_kernel(tmp_path, capsys):
     assert pred["latency_ms"] > 0 and pred["energy_mj"] > 0
     assert pred["nodes"] and sum(k["ms"] for k in pred["nodes"]) <= pred["latency_ms"] * 1.01
     assert main(["inspect", model, "--target", "no-such-board"]) == 2
+    # a backend that does not serve the target, or an unknown precision: exit 2, not a number
+    assert main(["inspect", model, "--target", "host", "--backend", "tensorrt"]) == 2
+    assert main(["inspect", model, "--target", "host", "--precision", "int3"]) == 2
+    assert "does not serve target" in capsys.readouterr().err
