@@ -161,25 +161,6 @@ def configs(backends: dict[str, str], case: str) -> list[dict]:
     return out
 
 
-def lower(graph, precision: str, backend: str, feeds: dict, profile) -> None:
-    """Lower `graph` to `precision` as compile() does (`apply_precision`: "int8" quantizes every
-    Conv/MatMul/Gemm with ranges from `feeds` and the backend's own rules; fp16 converts the
-    whole graph), so what is measured is what edgec would deploy."""
-    from compiler.precision_api import apply_precision
-
-    apply_precision(graph, profile, backend, precision, [feeds], {"sensitivity_samples": 1})
-
-
-def fold_bn(graph, profile) -> None:
-    """Conv+BatchNormalization folding, which compile() runs before the precision pass."""
-    import passes.fusion  # noqa: F401 - registers the "fusion" pass
-    from compiler.pipeline import PassManager
-    from passes.base import PassContext, get_pass
-
-    PassManager([get_pass("fusion", rule_sets=("conv_bn",))]).run(
-        graph, PassContext(profile=profile, backend=None))
-
-
 def _bindings(graph, feeds: dict) -> dict[str, int]:
     out = {}
     for v in graph.inputs:
@@ -192,7 +173,7 @@ def _bindings(graph, feeds: dict) -> dict[str, int]:
 
 def build_variant(case: str, builder, cfg: dict, profile):
     """Write the measured model + feeds; return (graph as measured, model path, feeds path)."""
-    from compiler.search import prepare_graph
+    from compiler.search import lower_graph, prepare_graph
     from passes.shape_inference import infer_shapes
 
     key = f"{case}-{cfg['precision']}-{'f' if cfg['fusion'] else 'n'}-{cfg['backend']}"
@@ -206,8 +187,7 @@ def build_variant(case: str, builder, cfg: dict, profile):
         graph = import_onnx(proto)
         infer_shapes(graph)
         if cfg["precision"] != "fp32":  # compile()'s order: fold BN, lower, then fuse
-            fold_bn(graph, profile)
-            lower(graph, cfg["precision"], cfg["backend"], feeds, profile)
+            graph = lower_graph(graph, cfg, profile, feeds=feeds)
         if cfg["fusion"]:
             graph = prepare_graph(graph, cfg, profile)
         path.parent.mkdir(parents=True, exist_ok=True)

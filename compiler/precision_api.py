@@ -18,7 +18,12 @@ constraints (all optional):
   callback is given (lists of output dicts, one per sample; lower is better);
 - "calibration_method": "minmax" | "percentile" (default) | "entropy"; "percentile" (99.999);
 - "sensitivity_samples" (default 32): calibration samples kept for sensitivity and checks;
-- "keep_float": node names never quantized; "int4_block_size": 32 (default) | 64 | 128;
+- "keep_float": node names never quantized (int8 and mixed); "int4_block_size": 32 (default) |
+  64 | 128;
+- "sensitivity" (default True): False skips mixed's per-layer sensitivity search and its
+  end-to-end checks: int8 goes on every layer predicted faster in int8 (a speed-only assignment;
+  the configuration search lowers its preview of a mixed graph this way, without the user's
+  calibration data);
 - "bias_correction" (default True): fold the mean output shift that weight quantization causes
   into each quantized layer's bias (passes.bias_correction), from per-channel input means taken
   in the calibration run; applied in the sensitivity copies too, so the budget sees it. For
@@ -26,7 +31,10 @@ constraints (all optional):
 - "batch": the deployment batch size the speed proxy judges layers at (default: the batch of
   the calibration samples; assumes the first input's leading dim is the batch).
 
-`calibration`: an iterable of feed dicts, or a folder / file path for `compiler.calib_data`.
+`calibration`: an iterable of feed dicts, a folder / file path for `compiler.calib_data`, or
+statistics already collected (`passes.calibration.CalibrationResult`, e.g. from `collect` to
+lower one graph for several targets, or `placeholder_calibration` to lower the structure only).
+Statistics without samples allow no sensitivity search and no end-to-end measurement.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from compiler.errors import ConstraintError
 from compiler.ir import Graph, Node
 from passes import quantize as qz
 from passes.bias_correction import input_mean_axis
-from passes.calibration import collect
+from passes.calibration import CalibrationResult, collect
 from passes.precision import (
     RooflineProxy,
     candidate_layers,
@@ -58,7 +66,7 @@ __all__ = ["apply_precision", "PRECISIONS", "DEFAULTS", "top1_disagreement"]
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
 DEFAULTS = {"min_sqnr_db": 25.0, "max_metric_loss": 0.01, "calibration_method": "percentile",
             "percentile": 99.999, "sensitivity_samples": 32, "int4_block_size": 32,
-            "bias_correction": True}
+            "bias_correction": True, "sensitivity": True}
 
 
 def _name_nodes(graph: Graph) -> None:
@@ -83,7 +91,7 @@ def _float_precision(profile, precision: str) -> str:
     return "fp32"
 
 
-def _as_samples(calibration: Any, graph: Graph) -> Iterable[Mapping]:
+def _as_samples(calibration: Any, graph: Graph) -> Iterable[Mapping] | CalibrationResult:
     if isinstance(calibration, (str, os.PathLike)):
         from compiler.calib_data import load_calibration
 
@@ -157,7 +165,9 @@ def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
             _upgrade_opset(graph, 21)  # MatMulNBits is ORT/OpenVINO only: use standard DQ
             cands = candidate_layers(graph)
         means = {}
-        if opts["bias_correction"] and calibration is not None:
+        if isinstance(calibration, CalibrationResult):
+            means = calibration.means
+        elif opts["bias_correction"] and calibration is not None:
             means = _input_means(graph, cands, _as_samples(calibration, graph))
         return _int4(graph, cands, opts, report, means)
     if calibration is None:
@@ -308,8 +318,18 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     kw = {"percentile": float(opts["percentile"])} if method == "percentile" else {}
     key_of = {n.name: _mean_key(n) for n in cands} if opts["bias_correction"] else {}
     mean_keys = [k for k in key_of.values() if k is not None]
-    calib = collect(graph, tensors, samples, method, keep=int(opts["sensitivity_samples"]),
-                    means=mean_keys, **kw)
+    if isinstance(samples, CalibrationResult):  # statistics collected before
+        calib = samples
+        missing = [t for t in tensors if t not in calib.ranges]
+        if missing:
+            raise ConstraintError(f"the calibration statistics have no range for {missing[:3]} "
+                                  f"({len(missing)} tensors); collect them on this graph")
+        if precision == "mixed" and opts["sensitivity"] and not calib.samples:
+            raise ConstraintError("mixed's sensitivity search needs calibration samples; these "
+                                  "statistics keep none (pass feeds, or sensitivity=False)")
+    else:
+        calib = collect(graph, tensors, samples, method, keep=int(opts["sensitivity_samples"]),
+                        means=mean_keys, **kw)
     unit = profile.main_unit
     act_dtype = qz.T.INT8 if be == "tensorrt" else qz.T.UINT8
     reduce_range = be == "onnxruntime" and unit.kind == "cpu" and not (
@@ -324,7 +344,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
 
     fprec = _float_precision(profile, precision)
     scale = 1.0
-    if opts.get("batch"):
+    if opts.get("batch") and calib.samples:
         first = next(iter(calib.samples[0].values()))
         scale = float(opts["batch"]) / max(int(first.shape[0]) if first.ndim else 1, 1)
     infos = {n.name: layer_info(n, index[n.name], calib.shapes, scale) for n in cands}
@@ -340,12 +360,16 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     checks: list = []
     order: list[str] = []
     budget_info: dict[str, Any] = {}
+    eligible = [k for k in infos if gains[k] > 0 and k not in keep_float]
     if precision == "int8" or float_only:
-        chosen = [n.name for n in cands]
+        chosen = [n.name for n in cands if n.name not in keep_float]
         budget_info = {"kind": "none", "why": "int8 requested" if precision == "int8" else
                        f"{profile.name} computes int8 only"}
+    elif not opts["sensitivity"]:
+        chosen = eligible
+        budget_info = {"kind": "none", "why": "sensitivity off: int8 wherever predicted "
+                       "faster, no accuracy budget applied"}
     else:
-        eligible = [k for k in infos if gains[k] > 0 and k not in keep_float]
         sens = layer_sensitivity(graph, eligible, lower, calib, metric)
         if metric is not None:
             costs = {k: float(s.metric) for k, s in sens.items()}
@@ -390,8 +414,10 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         for n in [x for x in graph if x.name in set(infos) - chosen_set]:
             qz.lower_float(graph, n, fprec)
         qz.fold_cast_pairs(graph)
-    final = evaluate(graph, calib, metric) if chosen else Sensitivity(0.0, math.inf, 1.0)
-    budget_info["measured"] = final.to_dict()
+    final = Sensitivity(0.0, math.inf, 1.0)
+    if chosen and calib.samples:
+        final = evaluate(graph, calib, metric)
+    budget_info["measured"] = final.to_dict() if calib.samples or not chosen else None
     dropped = set(order[:checks[0][0]]) - chosen_set if checks else set()
     for name, info in infos.items():
         tf, ti = times[name]
@@ -435,8 +461,9 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
                         fprec: len(infos) - len(chosen_set),
                         "predicted_speedup_quantizable_layers":
                             t_float / t_mixed if t_mixed > 0 else 1.0,
-                        "measured_sqnr_db": budget_info["measured"]["sqnr_db"],
-                        "measured_cosine": final.cosine, "proxy": type(proxy).__name__ + (
+                        "measured_sqnr_db": (budget_info["measured"] or {}).get("sqnr_db"),
+                        "measured_cosine": final.cosine if budget_info["measured"] else None,
+                        "proxy": type(proxy).__name__ + (
                             f" ({proxy.source})" if getattr(proxy, "source", "") else ""),
                         "bias_corrected": sum(
                             1 for q in qparams.values()

@@ -13,10 +13,13 @@ Pruning, before any prediction, each with its reason:
 - lossless-only: `max_accuracy_drop == 0` keeps fp32 alone (otherwise the budget is passed
   through in the chosen config for the precision pass to honour).
 
-The rest is predicted with `compiler.cost.model.predict` (precision simulated as "every Conv/
-MatMul/Gemm with a constant weight at that precision" until the precision pass has lowered the
-graph). Constraints (max_latency_ms, max_memory_mb) filter; the objective (latency | energy |
-memory) ranks, ties broken by latency, memory, then the configuration closest to the defaults
+The rest is predicted with `compiler.cost.model.predict` on the graph as the configuration
+compiles it: lowered to its precision by the precision pass (`lower_graph`: placeholder
+ranges, "mixed" without its sensitivity search) and fused (`prepare_graph`). Where a
+lowering fails the precision is simulated on the float graph instead.
+
+Constraints (max_latency_ms, max_memory_mb) filter; the objective (latency | energy | memory)
+ranks, ties broken by latency, memory, then the configuration closest to the defaults
 (fusion on, all threads, the least lossy precision, the target's default backend first), then
 its text, so the result is deterministic. The Pareto front is over (latency, memory, accuracy
 risk of the precision). When nothing is feasible, `ConstraintError` names the smallest
@@ -36,7 +39,7 @@ from compiler.cost.model import Prediction, predict
 from compiler.errors import ConstraintError
 from compiler.ir import Graph
 
-__all__ = ["Candidate", "SearchResult", "config_space", "prepare_graph", "search"]
+__all__ = ["Candidate", "SearchResult", "config_space", "lower_graph", "prepare_graph", "search"]
 
 OBJECTIVES = {"latency": "latency_ms", "energy": "energy_mj", "memory": "memory_mb"}
 POLICIES = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
@@ -96,8 +99,39 @@ def config_space(profile, backends: Sequence[str] | None = None,
     return out
 
 
+def lower_graph(graph: Graph, config: Mapping[str, Any], profile,
+                feeds: Mapping[str, Any] | None = None,
+                bindings: Mapping[str, int] | None = None) -> Graph:
+    """A copy of `graph` lowered to `config["precision"]` as compile() lowers it: shapes
+    inferred, Conv+BatchNormalization folded, then `apply_precision` for the backend, with
+    activation ranges from `feeds`, or without feeds from `placeholder_calibration` at
+    `bindings` (the structure without its numbers). The search costs this graph, so what it
+    predicts has the Q/DQ, requantization and Casts the deployment has. "mixed" is lowered
+    without its sensitivity search (int8 wherever predicted faster): the accuracy budget can
+    only keep more layers float, and it needs the user's calibration data."""
+    import passes.fusion  # noqa: F401 - registers the "fusion" pass
+    from compiler.onnx_io import export_onnx, import_onnx
+    from compiler.pipeline import PassManager
+    from compiler.precision_api import apply_precision
+    from passes.base import PassContext, get_pass
+    from passes.calibration import placeholder_calibration
+    from passes.shape_inference import infer_shapes
+
+    copy = import_onnx(export_onnx(graph), base_dir=graph.model.base_dir)
+    if config.get("precision", "fp32") == "fp32":
+        return copy
+    infer_shapes(copy)
+    PassManager([get_pass("fusion", rule_sets=("conv_bn",))]).run(
+        copy, PassContext(profile=profile, backend=None))
+    stats = [dict(feeds)] if feeds is not None else placeholder_calibration(copy, bindings)
+    apply_precision(copy, profile, config["backend"], config["precision"], stats,
+                    {"sensitivity_samples": 1, "sensitivity": False})
+    return copy
+
+
 def prepare_graph(graph: Graph, config: Mapping[str, Any], profile) -> Graph:
-    """A copy of `graph` as the configuration compiles it (fusion pipeline when on)."""
+    """A copy of `graph` as the configuration compiles it (fusion pipeline when on); lower it
+    first with `lower_graph` for a precision other than fp32."""
     from compiler.onnx_io import export_onnx, import_onnx
     from passes.base import PassContext
 
@@ -169,23 +203,32 @@ def search(graph: Graph, profile, *, objective: str = "latency",
     cons = dict(constraints or {})
     max_drop = cons.get("max_accuracy_drop")
     reports: dict[str, str] = {}
-    fused: dict[str, Graph] = {}
+    lowered: dict[tuple, Graph] = {}
+    prepared: dict[tuple, Graph] = {}
     live, pruned = [], []
     for c in config_space(profile, backends, precisions):
         why = _prune(graph, c, profile, legality, max_drop, reports)
         if why:
             pruned.append(Candidate(c, pruned=why))
             continue
-        g = graph
-        if c["fusion"]:
-            if c["backend"] not in fused:
+        low_key = (c["backend"], c["precision"])
+        if low_key not in lowered:
+            try:
+                lowered[low_key] = graph if c["precision"] == "fp32" else lower_graph(
+                    graph, c, profile, bindings=bindings)
+            except Exception:  # a lowering that fails here: cost the precision simulated
+                lowered[low_key] = graph
+        key = low_key + (c["fusion"],)
+        if key not in prepared:
+            g = lowered[low_key]
+            if c["fusion"]:
                 try:
-                    fused[c["backend"]] = prepare_graph(graph, c, profile)
+                    g = prepare_graph(g, c, profile)
                 except Exception:  # a failing fusion pass must not fail the search
-                    fused[c["backend"]] = graph
-            g = fused[c["backend"]]
+                    pass
+            prepared[key] = g
         cal = (calibration or {}).get(c["backend"])
-        p = predict(g, c, profile, bindings=bindings, calibration=cal)
+        p = predict(prepared[key], c, profile, bindings=bindings, calibration=cal)
         if max_drop is not None:
             c = {**c, "max_accuracy_drop": max_drop}
         live.append(Candidate(c, p))

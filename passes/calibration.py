@@ -35,8 +35,8 @@ from compiler.errors import ConstraintError
 from compiler.ir import Graph
 
 __all__ = ["CalibrationResult", "ChannelMeanObserver", "HistogramObserver", "MinMaxObserver",
-           "collect",
-           "make_observer", "make_session", "run_model", "METHODS"]
+           "collect", "make_observer", "make_session", "placeholder_calibration", "run_model",
+           "METHODS"]
 
 METHODS = ("minmax", "percentile", "entropy")
 
@@ -271,4 +271,24 @@ def collect(graph: Graph, tensors: Iterable[str], calibration: Iterable[Mapping]
         raise ConstraintError("the calibration data holds no samples")
     res.ranges = {t: tuple(float(x) for x in o.range()) for t, o in obs.items()}
     res.means = {k: v for k, m in mean_obs.items() if (v := m.value()) is not None}
+    return res
+
+
+def placeholder_calibration(graph: Graph, bindings: Mapping[str, int] | None = None
+                            ) -> CalibrationResult:
+    """Statistics without data: every float value's range is [-1, 1] (after a Relu [0, 1]),
+    shapes are the inferred ones with symbolic dims from `bindings` (else 1), no samples. A
+    graph lowered with it computes the wrong numbers but has the nodes, types and shapes of the
+    real lowering: what the configuration search costs before any calibration data is read."""
+    res = CalibrationResult(method="placeholder")
+    for v in graph.values():
+        if v.dtype not in (None, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                           onnx.TensorProto.BFLOAT16) or v.const is not None:
+            continue
+        relu = v.producer is not None and v.producer.op_type == "Relu"
+        res.ranges[v.name] = (0.0 if relu else -1.0, 1.0)
+        if v.shape is not None:
+            res.shapes[v.name] = tuple(
+                int((bindings or {}).get(d, 1)) if not isinstance(d, int) else d
+                for d in v.shape)
     return res

@@ -351,3 +351,30 @@ def _ort_optimized_ops(model, tmp_path) -> list[str]:
     so.log_severity_level = 3
     ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def test_int8_honours_keep_float():
+    """Regression: "keep_float" (node names never quantized) was ignored by precision int8."""
+    g = import_onnx(_model())
+    rep = apply_precision(g, get_profile("host"), "openvino", "int8", _feeds(2),
+                          {"keep_float": ["fc"]})
+    assert rep["layers"]["conv"]["precision"] == "int8"
+    assert rep["layers"]["fc"]["precision"] == "fp32"
+    assert "keep_float" in rep["layers"]["fc"]["reason"]
+    fc = next(n for n in g if n.name == "fc")
+    assert fc.inputs[1].const is not None  # its weight stays a float constant
+
+
+def test_mixed_without_sensitivity_assigns_by_predicted_speed_only():
+    """"sensitivity": False (the search's preview of a mixed graph) puts int8 on every layer
+    predicted faster in int8, runs no per-layer sensitivity, and says so in the report."""
+    g = import_onnx(_model())
+    rep = apply_precision(g, vnni_host(), "openvino", "mixed", _feeds(2),
+                          {"sensitivity": False, "min_sqnr_db": 200})
+    assert rep["budget"]["kind"] == "none" and "sensitivity" in rep["budget"]["why"]
+    faster = [k for k, v in rep["layers"].items()
+              if v["predicted_ms"]["int8"] is not None
+              and v["predicted_ms"]["int8"] < v["predicted_ms"]["fp32"]]
+    assert faster  # the 512x64 MatMul at least
+    assert all(rep["layers"][k]["precision"] == "int8" for k in faster)
+    assert all(v["sensitivity"] is None for v in rep["layers"].values())
