@@ -2,6 +2,7 @@
 
     python -m benchmarks cost            # measures what is not cached, then scores
     python -m benchmarks.cost --fresh    # re-measure everything (do this on a quiet machine)
+    python -m benchmarks.cost --fresh=tiny_b256,mlp  # re-measure the cases named so (prefixes)
     python -m benchmarks.cost --no-write # score only, leave compiler/cost/data alone
 
 Cases: synthetic conv (3x3, 1x1, depthwise) / matmul / elementwise / attention models at
@@ -95,6 +96,17 @@ def ew_case(n: int):
                   [vi("e5", TensorProto.FLOAT, None)], inits), {"x": (n,)}
 
 
+def head_case(m: int, k: int, n: int):
+    """A narrow classifier head on many rows: MatMul [m, k] x [k, n] + bias, then Softmax over
+    n. Pins the per-row costs of short GEMM outputs and short softmax rows."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["a"]),
+             helper.make_node("Softmax", ["a"], ["y"], axis=-1)]
+    vi = helper.make_tensor_value_info
+    return _model("head", nodes, [vi("x", TensorProto.FLOAT, [m, k])],
+                  [vi("y", TensorProto.FLOAT, None)], [_w("w", k, n), _w("b", n)]), {"x": (m, k)}
+
+
 def attn_case(s: int, d: int = 64):
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
              helper.make_node("MatMul", ["x", "xt"], ["s"]),
@@ -130,6 +142,8 @@ def cases() -> list[tuple[str, str, object]]:
     out += [(f"mm_m{m}_k{k}", "synthetic", lambda m=m, k=k: mm_case(m, k))
             for m, k in ((1, 64), (1, 1024), (64, 512), (256, 1024))]
     out += [(f"ew_n{n}", "synthetic", lambda n=n: ew_case(n)) for n in (2**8, 2**14, 2**18, 2**21)]
+    out += [(f"head_m{m}_k{k}_n{n}", "synthetic", lambda m=m, k=k, n=n: head_case(m, k, n))
+            for m, k, n in ((1024, 8, 4), (4096, 32, 8), (512, 64, 16))]
     out += [(f"attn_s{s}", "synthetic", lambda s=s: attn_case(s)) for s in (64, 256)]
     rn = np.random.default_rng(1)
     out += [(f"cnn_{s}", "cnn", lambda s=s: _zoo("cnn", {"pixel_values": rn.standard_normal(
@@ -198,10 +212,14 @@ def build_variant(case: str, builder, cfg: dict, profile):
     return graph, path, fpath, _bindings(graph, feeds)
 
 
-def collect(profile, backends: dict[str, str], fresh: bool = False) -> list[dict]:
-    """All measurements (cached), each with the features the fit needs."""
+def collect(profile, backends: dict[str, str], fresh: bool | tuple[str, ...] = False
+            ) -> list[dict]:
+    """All measurements (cached), each with the features the fit needs; `fresh`: re-measure
+    all (True) or the cases whose names start with one of the given prefixes."""
     db_path = ROOT / "measurements.json"
-    db = {} if fresh or not db_path.is_file() else json.loads(db_path.read_text())
+    db = {} if fresh is True or not db_path.is_file() else json.loads(db_path.read_text())
+    if fresh and fresh is not True:
+        db = {k: v for k, v in db.items() if not json.loads(k)[0].startswith(fresh)}
     rows = []
     for case, group, builder in cases():
         for cfg in configs(backends, case):
@@ -256,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     profile = get_profile("host")
     backends = C.available_host_backends()
     print(f"host: {profile.description}; backends: {backends}")
-    rows = collect(profile, backends, fresh="--fresh" in argv)
+    prefixes = tuple(p for a in argv if a.startswith("--fresh=") for p in a[8:].split(",") if p)
+    rows = collect(profile, backends, fresh=prefixes or "--fresh" in argv)
     scored, lomo = [], {}
     for group in TEST_GROUPS:
         train = [r for r in rows if r["group"] != group]

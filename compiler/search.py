@@ -8,8 +8,10 @@ Pruning, before any prediction, each with its reason:
 - illegal: backend not serving the profile, precision not supported, backend module missing,
   or the backend's legality report lists unsupported nodes;
 - equivalent: fusion off on a backend that fuses natively (OpenVINO, TVM, TensorRT) gives the
-  same kernels; int4-weight on a graph with no MatMul/Gemm weight is fp32; fp16/bf16 on a
-  backend without half-precision kernels on the unit (ONNX Runtime on x86 CPUs) is fp32;
+  same kernels; int4-weight on a graph with no MatMul/Gemm weight is fp32;
+- dominated: fp16/bf16 where the backend has no half-precision kernel for any of the graph's
+  Conv/MatMul/Gemm on the unit (ONNX Runtime on x86 CPUs, Conv aside on AVX512-FP16 cores): it
+  runs as fp32 plus the Casts the runtime inserts;
 - lossless-only: `max_accuracy_drop == 0` keeps fp32 alone (otherwise the budget is passed
   through in the chosen config for the precision pass to honour).
 
@@ -160,10 +162,12 @@ def _prune(graph: Graph, c: dict, profile, legality: bool, max_drop: float | Non
         return "max_accuracy_drop = 0: only fp32 is lossless"
     if not c["fusion"] and NATIVE_FUSION.get(be):
         return f"equivalent: {be} fuses natively, fusion off gives the same kernels"
-    if c["precision"] in ("fp16", "bf16") and not half_kernels(resolve_config(c, profile),
-                                                                profile):
-        return (f"equivalent: {be} has no half-precision Conv/MatMul kernels on "
-                f"{profile.main_unit.name}; {c['precision']} runs as fp32 between Casts")
+    if c["precision"] in ("fp16", "bf16") and not any(
+            half_kernels(resolve_config(c, profile), profile, n.op_type) for n in graph
+            if n.op_type in ("Conv", "MatMul", "Gemm")):
+        return (f"dominated: {be} has no half-precision Conv/MatMul kernels on "
+                f"{profile.main_unit.name}; {c['precision']} runs as fp32 plus the Casts it "
+                "inserts")
     if c["precision"] == "int4-weight" and not any(
             n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 and n.inputs[1] is not None
             and n.inputs[1].const is not None for n in graph):

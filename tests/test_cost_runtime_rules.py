@@ -213,3 +213,72 @@ def test_simulated_int8_on_ort_pays_quantize_and_dequantize_at_region_edges():
                                             "QuantizeLinear"]
     ov, _ = kernels(g, {"backend": "openvino", "precision": "int8"}, get_profile("host"))
     assert [k.ops[0] for k in ov] == ["MatMul", "MatMul"]  # fused into its kernels
+
+
+def _isa(profile, *isa):
+    u = dataclasses.replace(profile.main_unit, isa=tuple(isa))
+    return dataclasses.replace(profile, compute_units=(u,))
+
+
+def test_ort_inserts_casts_only_where_fp32_and_half_kernels_meet():
+    """On x86 ONNX Runtime runs fp16 MatMuls in fp32 between Casts it inserts; two such MatMuls
+    in a row share fp32, an fp16 Add between them (which has a half kernel) needs a Cast on
+    each side. Counted as kernels (ORT profile of the fp16 decoder: 74 Casts)."""
+    from passes.fp16 import to_fp16
+
+    rng = np.random.default_rng(0)
+    ws = [nh.from_array(rng.standard_normal((64, 64)).astype(np.float32), f"w{i}")
+          for i in range(3)]
+    b = nh.from_array(rng.standard_normal(64).astype(np.float32), "b")
+    g = to_fp16(_graph([h.make_node("MatMul", ["x", "w0"], ["m0"]),
+                        h.make_node("MatMul", ["m0", "w1"], ["m1"]),
+                        h.make_node("Add", ["m1", "b"], ["a"]),
+                        h.make_node("MatMul", ["a", "w2"], ["y"])], [("x", [4, 64])], ws + [b]))
+    x86 = _isa(vnni_host(), "avx2", "avx512f", "avx512_vnni")
+    cfg = {"backend": "onnxruntime", "precision": "fp16", "fusion": False}
+    ks, notes = kernels(g, cfg, x86)
+    inserted = [k for k in ks if k.ops == ("Cast",) and "/" in k.name]
+    # into m0's MatMul, out of m1's (to the Add), into the last MatMul, out of it
+    assert len(inserted) == 4 and any("4 Casts" in n for n in notes)
+    assert {k.precision for k in ks if k.op_class == "matmul"} == {"fp32"}
+    arm = _isa(vnni_host(), "neon", "fp16")  # Arm fp16 arithmetic: half GEMMs, no Casts
+    ks_arm, _ = kernels(g, cfg, arm)
+    assert not [k for k in ks_arm if "/" in k.name]
+    assert {k.precision for k in ks_arm if k.op_class == "matmul"} == {"fp16"}
+
+
+def test_ort_fp16_convs_run_in_half_on_avx512_fp16_cores_only():
+    from passes.fp16 import to_fp16
+
+    g = to_fp16(_conv_graph())
+    cfg = {"backend": "onnxruntime", "precision": "fp16", "fusion": True}
+    fp16_core = _isa(vnni_host(), "avx2", "avx512f", "avx512_fp16")
+    plain_core = _isa(vnni_host(), "avx2", "avx512f")
+    assert {k.precision for k in kernels(g, cfg, fp16_core)[0] if k.op_class == "conv"} == \
+        {"fp16"}
+    assert {k.precision for k in kernels(g, cfg, plain_core)[0] if k.op_class == "conv"} == \
+        {"fp32"}
+
+
+def test_conv_speed_falls_on_small_output_planes_where_the_backend_says_so():
+    """Same FLOPs (3x3 conv, 64 channels at 28x28 against 128 at 14x14): with TVM's fitted
+    spatial_half the small plane costs more per FLOP; with spatial_half 0 the two are equal."""
+    rng = np.random.default_rng(0)
+
+    def conv(c, s):
+        w = nh.from_array(rng.standard_normal((c, c, 3, 3)).astype(np.float32), "w")
+        return _graph([h.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)],
+                      [("x", [1, c, s, s])], [w])
+
+    big, small = conv(64, 28), conv(128, 14)
+    prof = vnni_host()
+    ks = kernels(small, {"backend": "tvm"}, prof)[0]
+    assert ks[0].spatial == 14 * 14
+
+    def ms(g, half):
+        p = dataclasses.replace(prior_params(prof, "tvm"), spatial_half=half, depth_half=0.0,
+                                conv_launch_us=0.0, launch_us=0.0, call_us=0.0)
+        return predict(g, {"backend": "tvm"}, prof, calibration=p).latency_ms
+
+    assert ms(small, 0.0) == pytest.approx(ms(big, 0.0), rel=0.02)
+    assert ms(small, 200.0) > 1.3 * ms(big, 200.0)

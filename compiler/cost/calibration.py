@@ -142,7 +142,8 @@ def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
     from compiler.cost.model import _peak, cache_fraction, runtime_fusion_off, threads_used
 
     cols: dict[str, list] = {k: [] for k in ("comp", "mem", "kidx", "sidx", "cache", "thr",
-                                             "cores", "unfused", "memcls", "conv", "depth", "rows")}
+                                             "cores", "unfused", "memcls", "conv", "depth", "rows",
+                                             "spatial")}
     nk = []
     for i, s in enumerate(samples):
         cfg = resolve_config(s.config, profile)
@@ -165,6 +166,7 @@ def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
             cols["conv"].append(k.op_class in CONV_CLASSES)
             cols["depth"].append(k.depth)
             cols["rows"].append(k.rows)
+            cols["spatial"].append(k.spatial)
         nk.append(len(s.kernels))
     out = {k: np.array(v, int if k in ("kidx", "sidx") else float) for k, v in cols.items()}
     out["nk"] = np.array(nk, float)
@@ -172,7 +174,7 @@ def _arrays(samples: Sequence[Sample], profile, keys: list[str]):
 
 
 _EXTRA = ("inv_bw", "launch_us", "call_us", "inv_bw_cache", "par_eff", "unfused",
-          "conv_launch_us", "depth_half", "row_ns")
+          "conv_launch_us", "depth_half", "row_ns", "spatial_half")
 _FLOOR = 1e-3  # log-parameters need a positive start; a prior of 0 starts here
 
 
@@ -205,10 +207,11 @@ def fit(samples: Sequence[Sample], profile, backend: str, prior: Params | None =
 
     def resid(theta: np.ndarray) -> np.ndarray:
         e = np.exp(theta)
-        bw, launch, call, bw_cache, pe, unf, conv_launch, k_half, row_ns = e[nkeys:]
+        bw, launch, call, bw_cache, pe, unf, conv_launch, k_half, row_ns, s_half = e[nkeys:]
         s_thr = thread_scale(a["thr"], a["cores"], pe)
         eff = e[a["kidx"]] * np.where(a["depth"] > 0, 1 + k_half / np.maximum(a["depth"], 1e-9),
-                                      1.0)
+                                      1.0) * np.where(a["spatial"] > 0, 1 + s_half / np.maximum(
+                                          a["spatial"], 1e-9), 1.0)
         memcls = a["memcls"] > 0
         comp = a["comp"] * np.where(memcls, 1.0, eff) * np.where(a["unfused"] > 0, unf, 1.0) \
             / s_thr

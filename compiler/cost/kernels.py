@@ -34,6 +34,7 @@ only on Arm cores with fp16 arithmetic; elsewhere half-precision regions run in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,7 @@ class Kernel:
     depth: float = 0.0  # reduction length per output element of a conv/matmul (0: none)
     plain: bool = False  # a conv on the runtime's plain kernel, as with its fusion off
     rows: float = 0.0  # rows a normalisation/reduction kernel loops over (outer size)
+    spatial: float = 0.0  # output pixels per channel of a conv (H x W; 0: not a conv)
 
 
 
@@ -268,14 +270,10 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
     for n in nodes:
         if id(n) not in free:
             members.setdefault(find(id(n)), []).append(n)
-    widen = not half_kernels(cfg, profile)
-    if widen and (cfg["precision"] in ("fp16", "bf16") or any(
-            n.op_type == "Cast" and n.attr("to") in _HALF for n in nodes)):
-        notes.append(f"{cfg['backend']} has no half-precision Conv/MatMul kernels on this CPU: "
-                     "half-precision regions run in fp32 between Casts it inserts")
     out: list[Kernel] = []
     kprec: dict[int, str] = {}
     kcls: dict[int, str] = {}
+    widened: set[int] = set()  # kernels run in fp32 between Casts the runtime inserts
     for root, ns in members.items():
         ids = {id(n) for n in ns}
         anchor = max(ns, key=lambda n: (node_flops(n, bind), -ns.index(n)))
@@ -294,21 +292,57 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
                     w = _dtype_width(o.dtype)
                     nbytes += numel(o, bind) * (min(w, ACT_WIDTH.get(p, w)) if simulate
                                                 else w)
-        if widen and (p in ("fp16", "bf16") or any(
-                o.dtype in _HALF for o in anchor.outputs if o is not None)):
-            p, nbytes = "fp32", 2 * nbytes  # run in fp32 between runtime-inserted Casts
+        if cls in COMPUTE_CLASSES and p in ("fp16", "bf16") and not half_kernels(
+                cfg, profile, anchor.op_type):
+            p, nbytes = "fp32", 2 * nbytes  # fp32 weights and activations between the
+            widened.add(root)  # Casts the runtime inserts (_widening_casts)
         name = anchor.name or anchor.op_type
         depth = 0.0
         if cls in COMPUTE_CLASSES and anchor.outputs and numel(anchor.outputs[0], bind):
             depth = node_flops(anchor, bind) / (2.0 * numel(anchor.outputs[0], bind))
         out.append(Kernel(name, tuple(n.op_type for n in ns), cls, p, flops, nbytes, depth,
-                          id(anchor) in plain, _rows(anchor, bind) if cls == "norm" else 0.0))
+                          id(anchor) in plain, _rows(anchor, bind) if cls == "norm" else 0.0,
+                          _spatial(anchor, bind) if cls in CONV_CLASSES else 0.0))
         kprec[root], kcls[root] = p, cls
     if simulate and cfg["backend"] == "onnxruntime":
         out += _simulated_qdq(members, kprec, find, bind)
     if cfg["backend"] == "onnxruntime" and native:
         out += _ort_nhwc_transposes(members, kprec, kcls, find, free, bind)
+    if widened:
+        casts = _widening_casts(members, widened, find, free, bind)
+        notes.append(f"{cfg['backend']} has no half-precision kernel for {len(widened)} "
+                     f"Conv/MatMul kernel(s) on this unit: they run in fp32 between "
+                     f"{len(casts)} Casts it inserts")
+        out += casts
     return out, notes
+
+
+def _widening_casts(members: dict[int, list[Node]], widened: set[int], find, free: set[int],
+                    bind) -> list[Kernel]:
+    """The Casts a runtime inserts around nodes it has no half-precision kernel for: one on
+    each half-precision edge between such a node and a node that runs in half (or a graph
+    output); two such nodes in a row share fp32 (ONNX Runtime drops the Cast pairs it inserted
+    itself). ORT profile of the decoder in fp16 on this host: 74 Casts, ~1/5 of the run."""
+    out, seen = [], set()
+
+    def cast(v: Value, tag: str) -> None:
+        if (id(v), tag) not in seen:
+            seen.add((id(v), tag))
+            out.append(Kernel(f"{v.name}/{tag}", ("Cast",), "data", "fp32", 0.0,
+                              6.0 * numel(v, bind)))
+
+    for root in widened:
+        ids = {id(n) for n in members[root]}
+        for n in members[root]:
+            for v, p in (_through_free(x, free) for x in n.inputs if x is not None):
+                if v.dtype in _HALF and not _is_const(v) and (p is None or (
+                        id(p) not in ids and find(id(p)) not in widened)):
+                    cast(v, "to_fp32")
+            for o in n.outputs:
+                if o.dtype in _HALF and (o.is_graph_output() or any(
+                        id(c) not in ids and find(id(c)) not in widened for c, _ in o.uses)):
+                    cast(o, "to_half")
+    return out
 
 
 def _simulated_qdq(members: dict[int, list[Node]], kprec: dict[int, str], find, bind
@@ -395,14 +429,21 @@ def _ort_nhwc_transposes(members: dict[int, list[Node]], kprec: dict[int, str],
 ORT_EPILOGUES = 2
 
 
-def half_kernels(cfg: Mapping[str, Any], profile) -> bool:
-    """Whether the backend computes fp16/bf16 Conv/MatMul in half precision on the unit. ONNX
-    Runtime's CPU execution provider has half-precision GEMM/Conv kernels (MLAS) only on Arm
-    cores with fp16 arithmetic; elsewhere it inserts Casts and runs those nodes in fp32."""
+def half_kernels(cfg: Mapping[str, Any], profile, op: str | None = None) -> bool:
+    """Whether the backend computes `op` (default: MatMul, the general case of Conv/MatMul/
+    Gemm) in half precision on the unit. ONNX Runtime's CPU execution provider has half GEMM
+    kernels (MLAS) only on Arm cores with fp16 arithmetic; on x86 it inserts Casts and runs
+    MatMul/Gemm in fp32, but Conv runs in fp16 (MLAS, plain NCHW kernel) where the core has
+    AVX512-FP16 (ORT profile of ResNet-50 at 112 px on this host: 49 fp16 FusedConv kernels,
+    no Casts, 1.3x the time of its fp32 NCHWc convs). Elementwise, normalisation and layout ops
+    have half kernels everywhere."""
     u = profile.unit(cfg["unit"]) if cfg["unit"] else profile.main_unit
-    if cfg["backend"] != "onnxruntime" or u is None or u.kind != "cpu":
+    if cfg["backend"] != "onnxruntime" or u is None or u.kind != "cpu" or "fp16" in u.isa:
         return True
-    return "fp16" in u.isa
+    op = op or "MatMul"
+    if op in _CONV:
+        return "avx512_fp16" in u.isa and op in ("Conv", "FusedConv")
+    return op not in _MATMUL | _ATTN
 
 
 def _merge_epilogues(nodes: list[Node], cfg: Mapping[str, Any], free: set[int], find, parent,
@@ -453,6 +494,11 @@ def _rows(node: Node, bind) -> float:
         out = numel(node.outputs[0], bind) if node.outputs else 0
         return float(out or total)
     return float(numel(node.inputs[0], bind) // max(d[-1], 1))
+
+
+def _spatial(node: Node, bind) -> float:
+    d = dims(node.outputs[0], bind) if node.outputs else None
+    return float(max(1, math.prod(d[2:]))) if d and len(d) > 2 else 0.0
 
 
 def _result_quantized(node: Node) -> bool:
@@ -515,16 +561,16 @@ def weight_widths(graph: Graph, cfg: dict, profile, bind) -> dict[int, float]:
 def resident_weight_bytes(graph: Graph, cfg: dict, profile, bind) -> float:
     """Bytes the runtime keeps for the weights: the simulated width (`weight_widths`) where the
     graph is not lowered yet, else each weight's own. Half-precision weights count 4 bytes
-    where the backend has no half kernels: ONNX Runtime on x86 constant-folds the Cast in front
-    of each fp16 Conv/MatMul into an fp32 weight (SigLIP: 626 MB peak RSS increase in fp16
-    against 637 MB in fp32, this host)."""
+    where the backend has no half GEMM kernels: ONNX Runtime on x86 constant-folds the Cast in
+    front of each fp16 MatMul into an fp32 weight (SigLIP: 626 MB peak RSS increase in fp16
+    against 637 MB in fp32, this host), and its fp16 convs keep as much (cnn_64: 38.2 MB in
+    fp16, 38.5 MB in fp32)."""
     cfg = resolve_config(cfg, profile)
     widths = weight_widths(graph, cfg, profile, bind)
-    widen = not half_kernels(cfg, profile)
 
     def width(v: Value) -> float | None:
         w = widths.get(id(v))
         half = w == WEIGHT_WIDTH["fp16"] if w is not None else v.dtype in _HALF
-        return 4.0 if widen and half else w
+        return 4.0 if half and not half_kernels(cfg, profile) else w
 
     return weight_bytes(graph, width, bind)

@@ -67,7 +67,7 @@ class CostModelProxy:
         cfg = {"backend": self.backend, "precision": precision, "fusion": True, "threads": 0,
                "unit": None, "power_mode": None}
         prec = precision
-        if prec in ("fp16", "bf16") and not half_kernels(cfg, profile):
+        if prec in ("fp16", "bf16") and not half_kernels(cfg, profile, layer.op_type):
             prec = "fp32"
         cls = "dwconv" if layer.depthwise else "conv" if "Conv" in layer.op_type else \
             "attention" if layer.dynamic else "matmul"

@@ -8,19 +8,22 @@ graph). Per kernel k on the configured compute unit (default: the profile's main
     t_k = max(F_k / (peak[p_k] * s_thr),  B_k * beta) / eff[c_k] + t_launch + rows_k * t_row
           for memory-bound classes (elementwise, norm, data: how well the runtime streams them)
     T   = t_call + sum_k t_k,   t_launch[conv] = t_launch + t_conv (layout reorders, packing)
-    eff' = eff * K / (K + K_half)
+    eff' = eff * K / (K + K_half)  [* S / (S + S_half) for convs]
     beta = (f / eff_llc + (1 - f) / eff_bw) / bw,   f = min(1, LLC / (weights + peak acts))
     s_thr = (1 + (n - 1) pe) / (1 + (cores - 1) pe) for n < cores threads, else 1
 
 K is the reduction length of one output (Cin/groups * kh * kw for a conv, the inner dimension
 of a GEMM): a short reduction spends more of its time loading and storing accumulators
-(depthwise convs, thin 1x1 convs). rows_k: the rows a normalisation/reduction kernel loops
-over, each with a fixed cost. f is the share of the model's bytes that stays in the unit's
-last-level cache between inferences (0 where the profile gives no cache size): a GEMV whose
-weights fit in cache runs well above DRAM bandwidth. pe is the fitted parallel efficiency of
-one more thread. u_k = `unfused` (fitted) for convs when the runtime's own graph fusion is off
-(ONNX Runtime "basic": no NCHWc layouts, no Conv+activation fusion) and for a conv the runtime
-runs on its plain kernel for another reason (ONNX Runtime's int8 Conv rule), else 1.
+(depthwise convs, thin 1x1 convs). S is a conv's output pixels per channel: a schedule that
+vectorises and parallelises over the output plane (TVM's default CPU conv schedule) runs far
+below peak on the small planes of a network's late stages (7x7, 14x14). rows_k: the rows a
+normalisation/reduction kernel loops over, each with a fixed cost. f is the share of the
+model's bytes that stays in the unit's last-level cache between inferences (0 where the profile
+gives no cache size): a GEMV whose weights fit in cache runs well above DRAM bandwidth. pe is
+the fitted parallel efficiency of one more thread. u_k = `unfused` (fitted) for convs when the
+runtime's own graph fusion is off (ONNX Runtime "basic": no NCHWc layouts, no Conv+activation
+fusion) and for a conv the runtime runs on its plain kernel for another reason (ONNX Runtime's
+int8 Conv rule), else 1.
 
 Efficiencies are stored as inverse efficiencies (1/eff >= 0) in `Params`; priors here are
 generic, `compiler.cost.calibration` fits them per (device, backend) from measurements.
@@ -81,6 +84,7 @@ class Params:
     conv_launch_us: float = 0.0  # extra fixed cost of a conv kernel (layout reorders, packing)
     depth_half: float = 0.0  # reduction length at which a GEMM kernel reaches half its efficiency
     row_ns: float = 0.0  # fixed cost per row of a normalisation/reduction kernel
+    spatial_half: float = 0.0  # conv output plane (H x W) at which a conv reaches half speed
     inv_bw_cache: float = 0.4  # last-level-cache bandwidth = DRAM bandwidth / inv_bw_cache
     par_eff: float = 0.9  # each extra thread adds par_eff of one thread's speed
     unfused: float = 1.3  # conv slow-down when the runtime's own fusion/layout passes are off
@@ -126,9 +130,13 @@ def prior_params(profile, backend: str, unit: str | None = None) -> Params:
     # CPU convs pay a fixed cost per call on top (NCHWc layout reorders, im2col buffers)
     # Short reductions (depthwise convs, 1x1 convs on few channels, attention heads) spend more
     # of each output's time loading and storing accumulators: efficiency x K / (K + depth_half)
+    # A conv loop over a small output plane vectorises poorly: TVM's default schedules (no
+    # tuning) lose half their speed below ~200 output pixels per channel; library kernels
+    # blocked over channels (MLAS NCHWc, oneDNN) far less (a 4-pixel prior the fit moves).
+    spatial = 200.0 if backend == "tvm" else 0.0 if accel else 4.0
     return Params(inv, inv_bw=1.5, launch_us=launch, call_us=call,
                   conv_launch_us=0.0 if accel else 2.0, depth_half=0.0 if accel else 32.0,
-                  row_ns=0.0 if accel else 5.0)
+                  row_ns=0.0 if accel else 5.0, spatial_half=spatial)
 
 
 @dataclass
@@ -223,6 +231,8 @@ def time_kernels(ks: list[Kernel], params: Params, profile, config: Mapping[str,
         mem_bound = k.op_class in MEMORY_CLASSES
         if k.depth > 0:
             inv *= 1.0 + params.depth_half / k.depth
+        if k.spatial > 0:
+            inv *= 1.0 + params.spatial_half / k.spatial
         tc = k.flops * (1.0 if mem_bound else inv) / (_peak(profile, k.precision, unit, mode)
                                                       * s_thr)
         tm = k.bytes * sec_per_byte
