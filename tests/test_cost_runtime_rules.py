@@ -282,3 +282,31 @@ def test_conv_speed_falls_on_small_output_planes_where_the_backend_says_so():
 
     assert ms(small, 0.0) == pytest.approx(ms(big, 0.0), rel=0.02)
     assert ms(small, 200.0) > 1.3 * ms(big, 200.0)
+
+
+def test_ort_dispatches_views_and_shape_reads_of_symbolic_shapes():
+    """ONNX Runtime runs Reshape/Unsqueeze and Shape (of a tensor with symbolic dims) as
+    kernels, each a dispatch with no data moved; native fusers fold them away."""
+    def graph(batch):
+        nodes = [h.make_node("Shape", ["x"], ["s"]),
+                 h.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+                 h.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+                 h.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
+                 h.make_node("Reshape", ["x", "shape"], ["y"])]
+        inits = [nh.from_array(np.array(0, np.int64), "zero"),
+                 nh.from_array(np.array([0], np.int64), "axes"),
+                 nh.from_array(np.array([-1], np.int64), "minus1")]
+        g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [batch, 4, 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
+        graph = import_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+        infer_shapes(graph)
+        return graph
+
+    prof = vnni_host()
+    ort = kernels(graph("n"), {"backend": "onnxruntime"}, prof, {"n": 2})[0]
+    views = [k for k in ort if k.ops[0] in ("Shape", "Unsqueeze", "Reshape")]
+    assert len(views) == 3 and all(k.bytes == 0 and k.op_class == "data" for k in views)
+    assert not [k for k in kernels(graph("n"), {"backend": "openvino"}, prof, {"n": 2})[0]
+                if k.ops[0] in ("Shape", "Unsqueeze", "Reshape")]
+    static = kernels(graph(2), {"backend": "onnxruntime"}, prof)[0]
+    assert "Shape" not in {k.ops[0] for k in static}  # constant-folded by ORT
