@@ -320,8 +320,11 @@ def _predict(graph: Graph, backend: str, precision: str, records, config, profil
     from compiler.cost import predict
     from compiler.cost.model import bindings_from_shapes
 
-    return predict(graph, {"backend": backend, "precision": precision,
-                           "fusion": any(r["pass"] == "fusion" for r in records),
+    fused = any(r["pass"] == "fusion" for r in records)
+    if backend == "onnxruntime":  # ORT fuses for itself unless its level is basic or lower
+        fused = config.option("graph_optimization_level", "all") not in (
+            "disable", "basic", 0, 1)
+    return predict(graph, {"backend": backend, "precision": precision, "fusion": fused,
                            "threads": config.option("threads", 0),
                            "power_mode": config.option("power_mode")},
                    profile, bindings=bindings_from_shapes(graph, shapes))

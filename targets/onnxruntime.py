@@ -92,7 +92,11 @@ import onnxruntime as ort
 
 cfg = json.load(open("ort_config.json"))
 so = ort.SessionOptions()
-so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+L = ort.GraphOptimizationLevel
+so.graph_optimization_level = {"disable": L.ORT_DISABLE_ALL, 0: L.ORT_DISABLE_ALL,
+                               "basic": L.ORT_ENABLE_BASIC, 1: L.ORT_ENABLE_BASIC,
+                               "extended": L.ORT_ENABLE_EXTENDED, 2: L.ORT_ENABLE_EXTENDED}.get(
+    cfg.get("graph_optimization_level", "all"), L.ORT_ENABLE_ALL)
 if cfg.get("intra_op_num_threads"):
     so.intra_op_num_threads = cfg["intra_op_num_threads"]
 avail = set(ort.get_available_providers())

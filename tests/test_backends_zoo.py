@@ -39,3 +39,36 @@ def test_backend_matches_onnxruntime(name, backend):
         cos = float(np.dot(g.ravel(), r.ravel()) / (np.linalg.norm(g) * np.linalg.norm(r)))
         assert err <= 1e-3 * float(np.abs(r).max()), (k, err)
         assert cos >= 0.9999, (k, cos)
+
+
+def test_bundle_run_py_uses_the_configured_optimization_level(tmp_path):
+    """Regression: run.py hard-coded ORT_ENABLE_ALL, so a bundle compiled for graph
+    optimisation "basic" (the search's fusion-off configuration) ran with "all"."""
+    import subprocess
+    import sys
+
+    art = compiler.compile(zoo.get("tiny"), target="host", backend="onnxruntime",
+                           options={"graph_optimization_level": "basic"},
+                           out_dir=str(tmp_path / "b"))
+    probe = ("import onnxruntime as ort, runpy\n"
+             "orig = ort.InferenceSession\n"
+             "def wrap(path, so=None, **kw):\n"
+             "    print('LEVEL', so.graph_optimization_level)\n"
+             "    return orig(path, so, **kw)\n"
+             "ort.InferenceSession = wrap\n"
+             "runpy.run_path('run.py', run_name='__main__')\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=art.path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "LEVEL GraphOptimizationLevel.ORT_ENABLE_BASIC" in out.stdout
+
+
+def test_prediction_follows_onnx_runtime_own_optimization_level():
+    """Regression: the prediction took "fusion off" from edgec's passes alone, so a model
+    compiled without edgec fusion was costed as ORT at level "basic" (no NCHWc, no Conv+Relu
+    fusion) while the bundle ran at "all". ORT's own level decides it."""
+    def predicted(**options):
+        return compiler.compile(zoo.get("cnn"), target="host", backend="onnxruntime",
+                                pipeline="simplify", options=options).predicted["latency_ms"]
+
+    assert predicted() < predicted(graph_optimization_level="basic")
