@@ -98,8 +98,11 @@ def _replace_const(graph: Graph, node: Node, i: int, array: np.ndarray, hint: st
         graph.remove(old.producer)
 
 
-def _bias_add(node: Node, n_out: int) -> tuple[Node, int, np.ndarray] | tuple[None, str, None]:
-    """The Add right after a MatMul whose constant input can absorb a per-column shift."""
+def bias_add(node: Node, n_out: int) -> tuple[Node, int, np.ndarray] | tuple[None, str, None]:
+    """The Add right after a MatMul whose constant input is a per-column bias (one value, or one
+    per each of the `n_out` columns): (add, index of the bias input, bias), or (None, why,
+    None). Bias correction folds a shift into it; `passes.quantize.int32_bias_add` re-types
+    it."""
     y = node.outputs[0]
     if y.is_graph_output() or len(y.uses) != 1:
         return None, "the MatMul output has no single Add reader to hold a bias", None
@@ -151,7 +154,7 @@ def fold_shift(graph: Graph, node: Node, shift: np.ndarray) -> dict:
         rec["into"] = "C" if has_c else "new C"
         _replace_const(graph, node, 2, new, (node.name or "gemm") + "/C_corrected")
     elif op == "MatMul":
-        add, k, c = _bias_add(node, shift.size)
+        add, k, c = bias_add(node, shift.size)
         if add is None:
             rec["why"] = k
             return rec

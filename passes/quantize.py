@@ -251,17 +251,14 @@ def int32_bias_add(graph: Graph, node: Node) -> bool:
     ONNX Runtime needs to fuse the pair into an integer Gemm (QGemm) even when the result stays
     float. Exact up to the bias rounding (|error| <= scale / 2). Returns whether it did."""
     x, w = (node.inputs[i].producer if node.inputs[i] is not None else None for i in (0, 1))
-    users = node.outputs[0].consumers()
     if node.op_type != "MatMul" or x is None or w is None or x.op_type != "DequantizeLinear" \
-            or w.op_type != "DequantizeLinear" or len(users) != 1 or \
-            users[0].op_type != "Add" or node.outputs[0].is_graph_output():
+            or w.op_type != "DequantizeLinear" or w.attr("axis", 1) not in (1, -1):
         return False
-    add = users[0]
-    bi = 1 if add.inputs[0] is node.outputs[0] else 0
-    b = const_array(add.inputs[bi])
-    xs, ws = const_array(x.inputs[1]), const_array(w.inputs[1])
-    if b is None or xs is None or ws is None or np.ndim(xs) != 0 or b.ndim != 1 or \
-            np.size(ws) not in (1, b.size) or w.attr("axis", 1) not in (1, -1):
+    xs, ws, wq = const_array(x.inputs[1]), const_array(w.inputs[1]), const_array(w.inputs[0])
+    if xs is None or ws is None or wq is None or np.ndim(xs) != 0 or wq.ndim != 2:
+        return False
+    add, bi, b = bc.bias_add(node, wq.shape[-1])
+    if add is None or b.ndim != 1 or np.size(ws) not in (1, b.size):
         return False
     bs = (np.broadcast_to(np.asarray(ws, np.float32), b.shape) * np.float32(xs)).astype(
         np.float32)
