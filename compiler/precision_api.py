@@ -343,6 +343,32 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
                              input_mean=calib.means.get(key) if key else None)
 
     fprec = _float_precision(profile, precision)
+
+    def deploy(g: Graph, int8: set[str]) -> tuple[dict, set, set]:
+        """Lower `int8` layers of `g` and the rest to `fprec`, with the backend's rules: the
+        graph the checks measure is the graph that ships. Returns (qparams, layers whose
+        input / output got re-quantized)."""
+        qparams: dict[str, dict] = {}
+        for n in [x for x in g if x.name in int8]:
+            info = lower(g, n)
+            qparams[n.name] = {"activation_qparams": info["activations"]}
+            if mean_keys:
+                qparams[n.name]["bias_correction"] = info.get("bias_correction") or {
+                    "corrected": False, "why": "no constant float weight (or no input mean)"}
+        requantized, out_requantized = set(), set()
+        if be == "onnxruntime" and int8 and fprec == "fp32":
+            requantized = _requantize_float_inputs(g, set(infos) - int8, calib.ranges,
+                                                   act_dtype)
+            out_requantized = _requantize_int8_outputs(g, int8, calib.ranges, act_dtype)
+            for n in [x for x in g if x.name in int8]:
+                if qz.int32_bias_add(g, n):
+                    qparams[n.name]["bias"] = "int32"
+        if fprec != "fp32":
+            for n in [x for x in g if x.name in set(infos) - int8]:
+                qz.lower_float(g, n, fprec)
+            qz.fold_cast_pairs(g)
+        return qparams, requantized, out_requantized
+
     scale = 1.0
     if opts.get("batch") and calib.samples:
         first = next(iter(calib.samples[0].values()))
@@ -386,8 +412,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
             from passes.sensitivity import clone
 
             g = clone(graph)
-            for n in [x for x in g if x.name in set(names)]:
-                lower(g, n)
+            deploy(g, set(names))
             s = evaluate(g, calib, metric)
             return float(s.metric) if metric is not None else s.noise
 
@@ -395,25 +420,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         budget_info["predicted"] = sum(costs[k] for k in chosen)
         budget_info["checks"] = [{"layers": k, "measured": v} for k, v in checks]
     chosen_set = set(chosen)
-    qparams = {}
-    for n in [x for x in graph if x.name in chosen_set]:
-        info = lower(graph, n)
-        qparams[n.name] = {"activation_qparams": info["activations"]}
-        if mean_keys:
-            qparams[n.name]["bias_correction"] = info.get("bias_correction") or {
-                "corrected": False, "why": "no constant float weight (or no input mean)"}
-    requantized, out_requantized = set(), set()
-    if be == "onnxruntime" and chosen and fprec == "fp32":
-        requantized = _requantize_float_inputs(graph, set(infos) - chosen_set, calib.ranges,
-                                               act_dtype)
-        out_requantized = _requantize_int8_outputs(graph, chosen_set, calib.ranges, act_dtype)
-        for n in [x for x in graph if x.name in chosen_set]:
-            if qz.int32_bias_add(graph, n):
-                qparams[n.name]["bias"] = "int32"
-    if fprec != "fp32":
-        for n in [x for x in graph if x.name in set(infos) - chosen_set]:
-            qz.lower_float(graph, n, fprec)
-        qz.fold_cast_pairs(graph)
+    qparams, requantized, out_requantized = deploy(graph, chosen_set)
     final = Sensitivity(0.0, math.inf, 1.0)
     if chosen and calib.samples:
         final = evaluate(graph, calib, metric)

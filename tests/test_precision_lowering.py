@@ -378,3 +378,29 @@ def test_mixed_without_sensitivity_assigns_by_predicted_speed_only():
     assert faster  # the 512x64 MatMul at least
     assert all(rep["layers"][k]["precision"] == "int8" for k in faster)
     assert all(v["sensitivity"] is None for v in rep["layers"].values())
+
+
+def test_mixed_checks_measure_the_graph_that_is_deployed():
+    """Regression: the end-to-end checks of mixed lowered the chosen layers alone, while the
+    deployed graph also gets ONNX Runtime's requantization (Q/DQ on an int8 Conv's readers,
+    int32 biases) afterwards, so what was checked against the budget was not what shipped.
+    The check of the chosen prefix now measures exactly the final graph."""
+    rng = np.random.default_rng(3)
+    inits = [nh.from_array(_f(16, 16, 3, 3, rng=rng) * 0.2, f"w{i}") for i in range(2)]
+    inits.append(nh.from_array(_f(4, 16, 1, 1, rng=rng), "wh"))
+    nodes = [h.make_node("Conv", ["x", "w0"], ["a"], name="c1", pads=[1] * 4),
+             h.make_node("Relu", ["a"], ["ar"], name="r1"),
+             h.make_node("Conv", ["ar", "w1"], ["b"], name="c2", pads=[1] * 4),
+             h.make_node("Add", ["b", "ar"], ["s"], name="add"),  # reads c2's result in float
+             h.make_node("Relu", ["s"], ["sr"], name="r2"),
+             h.make_node("Conv", ["sr", "wh"], ["y"], name="head")]
+    gp = h.make_graph(nodes, "res", [h.make_tensor_value_info("x", T.FLOAT, [1, 16, 12, 12])],
+                      [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
+    g = import_onnx(h.make_model(gp, opset_imports=[h.make_opsetid("", 17)]))
+    feeds = [{"x": _f(1, 16, 12, 12, rng=rng)} for _ in range(4)]
+    rep = apply_precision(g, vnni_host(), "onnxruntime", "mixed", feeds, {"min_sqnr_db": 5})
+    assert rep["layers"]["c2"].get("output_requantized")
+    chosen = [k for k, v in rep["layers"].items() if v["precision"] == "int8"]
+    last = rep["budget"]["checks"][-1]
+    assert last["layers"] == len(chosen) > 0
+    assert last["measured"] == pytest.approx(rep["budget"]["measured"]["noise"], rel=1e-6)
