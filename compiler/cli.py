@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--shape", action="append", type=_shape, default=[])
     i.add_argument("--target", help="also predict latency/memory/energy on this device, with "
                    "the per-kernel breakdown (after the fusion pipeline)")
-    i.add_argument("--backend", help="with --target: the backend to predict for")
+    i.add_argument("--backend", help="with --target: the backend to predict for (default: the "
+                   "one the configuration search picks)")
     i.add_argument("--precision", default="fp32", help="with --target: the precision policy")
     i.add_argument("--json", action="store_true")
 
@@ -146,28 +147,35 @@ def _inspect(args) -> dict[str, Any]:
     if not args.json:
         print(format_summary(s))
     if args.target:
-        s["prediction"] = _predict_for(args, bindings)
+        s["prediction"] = _predict_for(args, graph, bindings)
         if not args.json:
             print(format_prediction(s["prediction"]))
     return s
 
 
-def _predict_for(args, bindings: dict[str, int]) -> dict[str, Any]:
+def _predict_for(args, graph, bindings: dict[str, int]) -> dict[str, Any]:
+    """The prediction for --target: for --backend as that backend compiles it (lowered to
+    --precision, then fused), else for the configuration the search picks (what `edgec compile`
+    without --backend builds)."""
     from compiler.cost import predict
-    from compiler.driver import PRECISIONS, _check_backend, optimize
+    from compiler.driver import PRECISIONS, _check_backend
     from compiler.errors import ConstraintError
+    from compiler.search import lower_graph, prepare_graph, search
     from targets.devices import get_profile
 
     profile = get_profile(args.target)
-    backend = _check_backend(profile, args.backend) if args.backend else profile.backends[0]
     if args.precision not in PRECISIONS:
         raise ConstraintError(f"unknown precision {args.precision!r}; choose one of "
                               f"{', '.join(PRECISIONS)}")
-    graph = optimize(args.model, pipeline="fusion", target=args.target, backend=backend,
-                     shapes=dict(args.shape))
-    pred = predict(graph, {"backend": backend, "precision": args.precision, "fusion": True},
-                   profile, bindings=bindings or None)
-    return {"target": profile.name, "backend": backend, **pred.to_dict()}
+    if args.backend:
+        cfg = {"backend": _check_backend(profile, args.backend), "precision": args.precision,
+               "fusion": True}
+        g = prepare_graph(lower_graph(graph, cfg, profile, bindings=bindings), cfg, profile)
+        pred = predict(g, cfg, profile, bindings=bindings or None)
+    else:
+        res = search(graph, profile, bindings=bindings, precisions=[args.precision])
+        pred, cfg = res.choice.prediction, res.choice.config
+    return {"target": profile.name, "backend": cfg["backend"], **pred.to_dict()}
 
 
 def _verify(args) -> dict[str, Any]:

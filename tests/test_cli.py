@@ -8,10 +8,14 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 
 from compiler.cli import main
+from compiler.onnx_io import import_onnx
+from compiler.search import search
+from targets.devices import get_profile
 
 
 def _model(path) -> str:
@@ -77,7 +81,10 @@ def test_inspect_with_target_predicts_per_kernel(tmp_path, capsys):
     assert main(["inspect", model, "--shape", "x=4x8", "--target", "raspberry-pi-5",
                  "--json"]) == 0
     pred = json.loads(capsys.readouterr().out)["prediction"]
-    assert pred["target"] == "raspberry-pi-5" and pred["backend"] == "tvm"
+    pick = search(import_onnx(onnx.load(model)), get_profile("raspberry-pi-5"),
+                  bindings={"batch": 4}).choice  # without --backend: what compile would pick
+    assert pred["target"] == "raspberry-pi-5" and pred["backend"] == pick.config["backend"]
+    assert pred["latency_ms"] == pytest.approx(pick.prediction.latency_ms, abs=1e-4)
     assert pred["latency_ms"] > 0 and pred["energy_mj"] > 0
     assert pred["nodes"] and sum(k["ms"] for k in pred["nodes"]) <= pred["latency_ms"] * 1.01
     assert main(["inspect", model, "--target", "no-such-board"]) == 2
@@ -85,3 +92,9 @@ def test_inspect_with_target_predicts_per_kernel(tmp_path, capsys):
     assert main(["inspect", model, "--target", "host", "--backend", "tensorrt"]) == 2
     assert main(["inspect", model, "--target", "host", "--precision", "int3"]) == 2
     assert "does not serve target" in capsys.readouterr().err
+    # a precision is predicted on the graph as the precision pass lowers it
+    assert main(["inspect", model, "--shape", "x=4x8", "--target", "host", "--backend",
+                 "onnxruntime", "--precision", "int8", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)["prediction"]
+    assert {"int8"} <= {k["precision"] for k in pred["nodes"]}
+    assert not any("simulated" in a for a in pred["assumptions"])
