@@ -131,13 +131,14 @@ def lower_graph(graph: Graph, config: Mapping[str, Any], profile,
     return copy
 
 
-def prepare_graph(graph: Graph, config: Mapping[str, Any], profile) -> Graph:
-    """A copy of `graph` as the configuration compiles it (fusion pipeline when on); lower it
-    first with `lower_graph` for a precision other than fp32."""
+def prepare_graph(graph: Graph, config: Mapping[str, Any], profile, *,
+                  in_place: bool = False) -> Graph:
+    """A copy of `graph` (`in_place`: `graph` itself) as the configuration compiles it (fusion
+    pipeline when on); lower it first with `lower_graph` for a precision other than fp32."""
     from compiler.onnx_io import export_onnx, import_onnx
     from passes.base import PassContext
 
-    copy = import_onnx(export_onnx(graph), base_dir=graph.model.base_dir)
+    copy = graph if in_place else import_onnx(export_onnx(graph), base_dir=graph.model.base_dir)
     if config.get("fusion", True):
         import passes.fusion  # noqa: F401 - registers the "fusion" pipeline
         from compiler.pipeline import get_pipeline
@@ -209,12 +210,16 @@ def search(graph: Graph, profile, *, objective: str = "latency",
     reports: dict[str, str] = {}
     lowered: dict[tuple, Graph] = {}
     prepared: dict[tuple, Graph] = {}
-    live, pruned = [], []
+    live, pruned, todo = [], [], []
     for c in config_space(profile, backends, precisions):
         why = _prune(graph, c, profile, legality, max_drop, reports)
         if why:
             pruned.append(Candidate(c, pruned=why))
-            continue
+        else:
+            todo.append(c)
+    # a lowered copy nothing costs unfused is fused in place (no second copy of the weights)
+    unfused = {(c["backend"], c["precision"]) for c in todo if not c["fusion"]}
+    for c in todo:
         low_key = (c["backend"], c["precision"])
         if low_key not in lowered:
             try:
@@ -227,7 +232,8 @@ def search(graph: Graph, profile, *, objective: str = "latency",
             g = lowered[low_key]
             if c["fusion"]:
                 try:
-                    g = prepare_graph(g, c, profile)
+                    g = prepare_graph(g, c, profile, in_place=g is not graph and
+                                      low_key not in unfused)
                 except Exception:  # a failing fusion pass must not fail the search
                     pass
             prepared[key] = g
