@@ -170,7 +170,8 @@ def _predict_for(args, graph, bindings: dict[str, int]) -> dict[str, Any]:
     if args.backend:
         cfg = {"backend": _check_backend(profile, args.backend), "precision": args.precision,
                "fusion": True}
-        g = prepare_graph(lower_graph(graph, cfg, profile, bindings=bindings), cfg, profile)
+        g = prepare_graph(lower_graph(graph, cfg, profile, bindings=bindings), cfg, profile,
+                          in_place=True)
         pred = predict(g, cfg, profile, bindings=bindings or None)
     else:
         res = search(graph, profile, bindings=bindings, precisions=[args.precision])

@@ -94,6 +94,14 @@ def load_graph(model: Any, example_inputs: Any = None) -> Graph:
 UNFUSED_PIPELINE = "simplify"  # what a searched configuration with fusion off compiles with
 
 
+def split_at_fusion(stages: list[PassManager]) -> tuple[list[PassManager], list[PassManager]]:
+    """(stages before the first fusion stage, the rest): compile() lowers precision between
+    them, and the search's `lower_graph` does the same."""
+    at = next((i for i, pm in enumerate(stages) if any(p.name == "fusion" for p in pm.passes)),
+              len(stages))
+    return stages[:at], stages[at:]
+
+
 def _passes(passes: Sequence[str | Pass] | None, pipeline: str | None) -> list[PassManager]:
     if passes is not None:
         return [PassManager([p if isinstance(p, Pass) else get_pass(p) for p in passes])]
@@ -195,18 +203,17 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     stages = _passes(passes, pipeline)
     # Precision goes in after BN folding and before fusion: a fused op (FusedConv, attention)
     # would hide the Q/DQ pattern that backends turn into integer kernels.
-    at = next((i for i, pm in enumerate(stages) if any(p.name == "fusion" for p in pm.passes)),
-              len(stages))
-    for pm in stages[:at]:
+    before, after = split_at_fusion(stages)
+    for pm in before:
         pm.run(graph, ctx)
         records.extend(pm.summary())
-    if precision != "fp32" and at < len(stages):
+    if precision != "fp32" and after:
         pm = PassManager([get_pass("fusion", rule_sets=("conv_bn",))])
         pm.run(graph, ctx)
         records.extend(pm.summary())
     precision_report = _apply_precision(graph, profile, be, precision, calibration,
                                         constraints, metric)
-    for pm in stages[at:]:
+    for pm in after:
         pm.run(graph, ctx)
         records.extend(pm.summary())
     config = BuildConfig(precision=precision, options=options, shapes=shapes,
@@ -321,9 +328,10 @@ def _predict(graph: Graph, backend: str, precision: str, records, config, profil
     from compiler.cost.model import bindings_from_shapes
 
     fused = any(r["pass"] == "fusion" for r in records)
-    if backend == "onnxruntime":  # ORT fuses for itself unless its level is basic or lower
-        fused = config.option("graph_optimization_level", "all") not in (
-            "disable", "basic", 0, 1)
+    if backend == "onnxruntime":  # ORT's own fusions and NCHWc layouts: at level "all" only
+        from targets.onnxruntime import optimization_level
+
+        fused = optimization_level(config.option("graph_optimization_level", "all")) >= 99
     return predict(graph, {"backend": backend, "precision": precision, "fusion": fused,
                            "threads": config.option("threads", 0),
                            "power_mode": config.option("power_mode")},

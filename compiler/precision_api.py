@@ -166,7 +166,7 @@ def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
             cands = candidate_layers(graph)
         means = {}
         if isinstance(calibration, CalibrationResult):
-            means = calibration.means
+            means = calibration.means if opts["bias_correction"] else {}
         elif opts["bias_correction"] and calibration is not None:
             means = _input_means(graph, cands, _as_samples(calibration, graph))
         return _int4(graph, cands, opts, report, means)
@@ -344,6 +344,12 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
 
     fprec = _float_precision(profile, precision)
 
+    scale = 1.0
+    if opts.get("batch") and calib.samples:
+        first = next(iter(calib.samples[0].values()))
+        scale = float(opts["batch"]) / max(int(first.shape[0]) if first.ndim else 1, 1)
+    infos = {n.name: layer_info(n, index[n.name], calib.shapes, scale) for n in cands}
+
     def deploy(g: Graph, int8: set[str]) -> tuple[dict, set, set]:
         """Lower `int8` layers of `g` and the rest to `fprec`, with the backend's rules: the
         graph the checks measure is the graph that ships. Returns (qparams, layers whose
@@ -369,11 +375,6 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
             qz.fold_cast_pairs(g)
         return qparams, requantized, out_requantized
 
-    scale = 1.0
-    if opts.get("batch") and calib.samples:
-        first = next(iter(calib.samples[0].values()))
-        scale = float(opts["batch"]) / max(int(first.shape[0]) if first.ndim else 1, 1)
-    infos = {n.name: layer_info(n, index[n.name], calib.shapes, scale) for n in cands}
     times, whys = {}, {}
     for name, info in infos.items():
         tf, _ = proxy.layer_time(info, fprec, profile)
@@ -381,13 +382,18 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         times[name], whys[name] = (tf, ti), why
     gains = {k: t[0] - t[1] for k, t in times.items()}
     keep_float = set(opts.get("keep_float") or ())
-    float_only = "fp32" not in profile.precisions and "fp16" not in profile.precisions
+    int8_only = "fp32" not in profile.precisions and "fp16" not in profile.precisions
     sens: dict[str, Sensitivity] = {}
     checks: list = []
     order: list[str] = []
     budget_info: dict[str, Any] = {}
     eligible = [k for k in infos if gains[k] > 0 and k not in keep_float]
-    if precision == "int8" or float_only:
+    if int8_only and keep_float & set(infos):
+        raise ConstraintError(
+            f"keep_float {sorted(keep_float & set(infos))[:3]} cannot be honoured: "
+            f"{profile.name} computes int8 only; drop keep_float or choose a target with float "
+            "units")
+    if precision == "int8" or int8_only:
         chosen = [n.name for n in cands if n.name not in keep_float]
         budget_info = {"kind": "none", "why": "int8 requested" if precision == "int8" else
                        f"{profile.name} computes int8 only"}

@@ -104,27 +104,34 @@ def config_space(profile, backends: Sequence[str] | None = None,
 def lower_graph(graph: Graph, config: Mapping[str, Any], profile,
                 feeds: Mapping[str, Any] | None = None,
                 bindings: Mapping[str, int] | None = None) -> Graph:
-    """A copy of `graph` lowered to `config["precision"]` as compile() lowers it: shapes
-    inferred, Conv+BatchNormalization folded, then `apply_precision` for the backend, with
-    activation ranges from `feeds`, or without feeds from `placeholder_calibration` at
-    `bindings` (the structure without its numbers). The search costs this graph, so what it
-    predicts has the Q/DQ, requantization and Casts the deployment has. "mixed" is lowered
-    without its sensitivity search (int8 wherever predicted faster): the accuracy budget can
-    only keep more layers float, and it needs the user's calibration data."""
+    """A copy of `graph` lowered to `config["precision"]` as compile() lowers it with the
+    pipeline the configuration compiles with (fusion on: the default pipeline, off: the
+    unfused one): the stages before fusion, Conv+BatchNormalization folded when fusion follows,
+    then `apply_precision` for the backend, with activation ranges from `feeds`, or without
+    feeds from `placeholder_calibration` at `bindings` (the structure without its numbers).
+    The search costs this graph, so what it predicts has the Q/DQ, requantization and Casts
+    the deployment has. Not carried over from compile(): the user's precision constraints
+    (keep_float, block size), and "mixed" is lowered without its sensitivity search (int8
+    wherever predicted faster): the accuracy budget can only keep more layers float, and it
+    needs the user's calibration data."""
     import passes.fusion  # noqa: F401 - registers the "fusion" pass
+    from compiler.driver import DEFAULT_PIPELINE, UNFUSED_PIPELINE, split_at_fusion
     from compiler.onnx_io import export_onnx, import_onnx
-    from compiler.pipeline import PassManager
+    from compiler.pipeline import PassManager, get_pipeline
     from compiler.precision_api import apply_precision
     from passes.base import PassContext, get_pass
     from passes.calibration import placeholder_calibration
-    from passes.shape_inference import infer_shapes
 
     copy = import_onnx(export_onnx(graph), base_dir=graph.model.base_dir)
+    before, after = split_at_fusion(get_pipeline(
+        DEFAULT_PIPELINE if config.get("fusion", True) else UNFUSED_PIPELINE))
+    ctx = PassContext(profile=profile, backend=None)
+    for pm in before:
+        pm.run(copy, ctx)
     if config.get("precision", "fp32") == "fp32":
         return copy
-    infer_shapes(copy)
-    PassManager([get_pass("fusion", rule_sets=("conv_bn",))]).run(
-        copy, PassContext(profile=profile, backend=None))
+    if after:
+        PassManager([get_pass("fusion", rule_sets=("conv_bn",))]).run(copy, ctx)
     stats = [dict(feeds)] if feeds is not None else placeholder_calibration(copy, bindings)
     apply_precision(copy, profile, config["backend"], config["precision"], stats,
                     {"sensitivity_samples": 1, "sensitivity": False})
@@ -187,6 +194,22 @@ def _prune(graph: Graph, c: dict, profile, legality: bool, max_drop: float | Non
     return ""
 
 
+def _costed_graph(graph: Graph, c: dict, profile, bindings) -> tuple[Graph, str] | str:
+    """(the graph configuration `c` compiles, a note) for the cost model; a string where the
+    lowering says the configuration cannot be built (the pruning reason)."""
+    try:
+        if c["precision"] == "fp32":
+            return (prepare_graph(graph, c, profile) if c["fusion"] else graph), ""
+        g = lower_graph(graph, c, profile, bindings=bindings)
+        return (prepare_graph(g, c, profile, in_place=True) if c["fusion"] else g), ""
+    except ConstraintError as e:
+        return f"illegal: {e}"
+    except Exception as e:  # a pass failing here must not fail the search: cost it simulated
+        return graph, (f"lowering or fusion for {c['backend']} {c['precision']} failed "
+                       f"({type(e).__name__}: {e}); the precision is simulated on the float "
+                       "graph")
+
+
 def _dominated(a: Candidate, b: Candidate) -> bool:
     """b dominates a in (latency, memory, accuracy risk)."""
     pa, pb = a.prediction, b.prediction
@@ -208,37 +231,23 @@ def search(graph: Graph, profile, *, objective: str = "latency",
     cons = dict(constraints or {})
     max_drop = cons.get("max_accuracy_drop")
     reports: dict[str, str] = {}
-    lowered: dict[tuple, Graph] = {}
-    prepared: dict[tuple, Graph] = {}
-    live, pruned, todo = [], [], []
+    costed: dict[tuple, tuple[Graph, str] | str] = {}
+    live, pruned = [], []
     for c in config_space(profile, backends, precisions):
         why = _prune(graph, c, profile, legality, max_drop, reports)
+        key = (c["backend"], c["precision"], c["fusion"])
+        if not why and key not in costed:
+            costed[key] = _costed_graph(graph, c, profile, bindings)
+        if not why and isinstance(costed[key], str):
+            why = costed[key]
         if why:
             pruned.append(Candidate(c, pruned=why))
-        else:
-            todo.append(c)
-    # a lowered copy nothing costs unfused is fused in place (no second copy of the weights)
-    unfused = {(c["backend"], c["precision"]) for c in todo if not c["fusion"]}
-    for c in todo:
-        low_key = (c["backend"], c["precision"])
-        if low_key not in lowered:
-            try:
-                lowered[low_key] = graph if c["precision"] == "fp32" else lower_graph(
-                    graph, c, profile, bindings=bindings)
-            except Exception:  # a lowering that fails here: cost the precision simulated
-                lowered[low_key] = graph
-        key = low_key + (c["fusion"],)
-        if key not in prepared:
-            g = lowered[low_key]
-            if c["fusion"]:
-                try:
-                    g = prepare_graph(g, c, profile, in_place=g is not graph and
-                                      low_key not in unfused)
-                except Exception:  # a failing fusion pass must not fail the search
-                    pass
-            prepared[key] = g
+            continue
+        g, note = costed[key]
         cal = (calibration or {}).get(c["backend"])
-        p = predict(prepared[key], c, profile, bindings=bindings, calibration=cal)
+        p = predict(g, c, profile, bindings=bindings, calibration=cal)
+        if note:
+            p.assumptions.append(note)
         if max_drop is not None:
             c = {**c, "max_accuracy_drop": max_drop}
         live.append(Candidate(c, p))

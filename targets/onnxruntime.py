@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler.errors import ConstraintError
 from compiler.onnx_io import export_onnx
 from targets.base import Backend, BuildConfig, LegalityReport, Runner, node_key, register_backend
 
@@ -31,18 +32,28 @@ _CONTRIB = frozenset({
 _LEVELS = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
 
 
+def optimization_level(value: Any = "all") -> int:
+    """ONNX Runtime's graph optimisation level as its number (0 disable, 1 basic, 2 extended,
+    99 all) from a name or number; a clear error for anything else. NCHWc layouts and the
+    Conv+activation fusions the cost model's "fusion on" assumes come at 99 only."""
+    level = _LEVELS.get(value, value) if isinstance(value, str) else value
+    if level not in _LEVELS.values():
+        raise ConstraintError(f"graph_optimization_level {value!r} is not one of "
+                              f"{', '.join(_LEVELS)} (or {sorted(_LEVELS.values())})")
+    return int(level)
+
+
 def session_options(config: dict[str, Any]):
     """onnxruntime.SessionOptions from an ort_config.json dict."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    level = config.get("graph_optimization_level", "all")
     so.graph_optimization_level = {
         0: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         2: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         99: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[_LEVELS.get(level, level) if isinstance(level, str) else level]
+    }[optimization_level(config.get("graph_optimization_level", "all"))]
     if config.get("intra_op_num_threads"):
         so.intra_op_num_threads = int(config["intra_op_num_threads"])
     so.log_severity_level = 3
@@ -93,10 +104,9 @@ import onnxruntime as ort
 cfg = json.load(open("ort_config.json"))
 so = ort.SessionOptions()
 L = ort.GraphOptimizationLevel
-so.graph_optimization_level = {"disable": L.ORT_DISABLE_ALL, 0: L.ORT_DISABLE_ALL,
-                               "basic": L.ORT_ENABLE_BASIC, 1: L.ORT_ENABLE_BASIC,
-                               "extended": L.ORT_ENABLE_EXTENDED, 2: L.ORT_ENABLE_EXTENDED}.get(
-    cfg.get("graph_optimization_level", "all"), L.ORT_ENABLE_ALL)
+so.graph_optimization_level = {0: L.ORT_DISABLE_ALL, 1: L.ORT_ENABLE_BASIC,
+                               2: L.ORT_ENABLE_EXTENDED}.get(cfg["graph_optimization_level"],
+                                                             L.ORT_ENABLE_ALL)
 if cfg.get("intra_op_num_threads"):
     so.intra_op_num_threads = cfg["intra_op_num_threads"]
 avail = set(ort.get_available_providers())
@@ -143,7 +153,8 @@ class OnnxRuntimeBackend(Backend):
     def emit(self, graph, profile, config: BuildConfig, out_dir: str) -> list[str]:
         export_onnx(graph, os.path.join(out_dir, "model.onnx"))
         ort_config = {
-            "graph_optimization_level": config.option("graph_optimization_level", "all"),
+            "graph_optimization_level": optimization_level(
+                config.option("graph_optimization_level", "all")),
             "intra_op_num_threads": config.option("threads", 0),
             "execution_providers": _providers(profile, config, out_dir),
         }

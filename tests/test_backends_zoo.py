@@ -72,3 +72,15 @@ def test_prediction_follows_onnx_runtime_own_optimization_level():
                                 pipeline="simplify", options=options).predicted["latency_ms"]
 
     assert predicted() < predicted(graph_optimization_level="basic")
+
+
+def test_unknown_onnx_runtime_optimization_level_is_a_clear_error(tmp_path):
+    """Regression: an unknown level ("fast") reached ORT's enum lookup as a KeyError in
+    session_options, and run.py silently used "all"."""
+    from compiler.errors import CompileError
+
+    with pytest.raises(CompileError, match="graph_optimization_level 'fast'"):
+        compiler.compile(zoo.get("tiny"), target="host", backend="onnxruntime",
+                         options={"graph_optimization_level": "fast"},
+                         out_dir=str(tmp_path / "b"))
+    assert not (tmp_path / "b").exists()  # nothing half-written

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 
@@ -82,9 +81,9 @@ def test_inspect_with_target_predicts_per_kernel(tmp_path, capsys):
                  "--json"]) == 0
     pred = json.loads(capsys.readouterr().out)["prediction"]
     pick = search(import_onnx(onnx.load(model)), get_profile("raspberry-pi-5"),
-                  bindings={"batch": 4}).choice  # without --backend: what compile would pick
+                  bindings={"batch": 4}, precisions=["fp32"]).choice  # what compile picks
     assert pred["target"] == "raspberry-pi-5" and pred["backend"] == pick.config["backend"]
-    assert pred["latency_ms"] == pytest.approx(pick.prediction.latency_ms, abs=1e-4)
+    assert pred["latency_ms"] == pick.prediction.summary()["latency_ms"]
     assert pred["latency_ms"] > 0 and pred["energy_mj"] > 0
     assert pred["nodes"] and sum(k["ms"] for k in pred["nodes"]) <= pred["latency_ms"] * 1.01
     assert main(["inspect", model, "--target", "no-such-board"]) == 2

@@ -365,6 +365,15 @@ def test_int8_honours_keep_float():
     assert fc.inputs[1].const is not None  # its weight stays a float constant
 
 
+def test_keep_float_on_an_int8_only_target_is_a_clear_error():
+    """Regression: on a target that computes int8 only (Ethos-U) keep_float was dropped
+    silently and the layer shipped in int8 anyway."""
+    g = import_onnx(_model())
+    with pytest.raises(ConstraintError, match="keep_float.*int8 only"):
+        apply_precision(g, get_profile("ethos-u55-128"), "tosa", "int8", _feeds(2),
+                        {"keep_float": ["fc"]})
+
+
 def test_mixed_without_sensitivity_assigns_by_predicted_speed_only():
     """"sensitivity": False (the search's preview of a mixed graph) puts int8 on every layer
     predicted faster in int8, runs no per-layer sensitivity, and says so in the report."""
