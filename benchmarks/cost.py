@@ -6,16 +6,16 @@
     python -m benchmarks.cost --no-write # score only, leave compiler/cost/data alone
 
 Cases: synthetic conv (3x3, 1x1, depthwise) / matmul / elementwise / attention models at
-several sizes (always in the calibration set; the smallest ones pin the per-call and per-kernel
-overheads) and the test
-models (zoo cnn, tiny, external_data MLP, decoder, siglip, the local ResNet-50) at a couple of
-sizes. Each runs under every host backend that is available, at fp32 / int8 / fp16 (lowered
-with passes.quantize on every Conv/MatMul/Gemm with a constant weight, in compile()'s order:
-BN folding, lowering, then fusion) and, for ONNX Runtime, with fusion off (graph optimisation
-"basic", no edgec fusion). TVM is built as its backend builds for the host (default CPU
-schedules, no tuning). Scores use only test models held out of the fit (leave-one-model-out),
-so no prediction was fitted on its own measurement. Measurements are cached in
-.cache/cost-bench/.
+several sizes and narrow classifier heads on many rows (MatMul + bias + Softmax, `head_case`),
+always in the calibration set (the smallest ones pin the per-call and per-kernel overheads),
+and the test models (zoo cnn, tiny, external_data MLP, decoder, siglip, the local ResNet-50)
+at a couple of sizes. Each runs under every host backend that is available, at fp32 / int8 /
+fp16 (lowered with passes.quantize on every Conv/MatMul/Gemm with a constant weight, in
+compile()'s order: BN folding, lowering, then fusion) and, for ONNX Runtime, with fusion off
+(graph optimisation "basic", no edgec fusion). TVM is built as its backend builds for the host
+(default CPU schedules, no tuning). Scores use only test models held out of the fit
+(leave-one-model-out), so no prediction was fitted on its own measurement. Measurements are
+cached in .cache/cost-bench/.
 """
 
 from __future__ import annotations
@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     backends = C.available_host_backends()
     print(f"host: {profile.description}; backends: {backends}")
     prefixes = tuple(p for a in argv if a.startswith("--fresh=") for p in a[8:].split(",") if p)
+    if any(a.startswith("--fresh=") for a in argv) and not prefixes:
+        sys.exit("--fresh= needs case-name prefixes (e.g. --fresh=tiny_b256,mlp); "
+                 "--fresh re-measures everything")
     rows = collect(profile, backends, fresh=prefixes or "--fresh" in argv)
     scored, lomo = [], {}
     for group in TEST_GROUPS:

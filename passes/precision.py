@@ -66,6 +66,7 @@ class LayerInfo:
     reduction: int  # length of the dot products (C/g * kh * kw, or K)
     depthwise: bool
     dynamic: bool  # both operands are activations (attention MatMul)
+    spatial: int = 0  # a conv's output plane (H x W); 0 for matmuls
 
     def to_dict(self) -> dict[str, Any]:
         return {"op": self.op_type, "macs": int(self.macs), "reduction": self.reduction,
@@ -108,18 +109,20 @@ def layer_info(node: Node, index: int, shapes: Mapping[str, tuple[int, ...]],
     ins = sum(_numel(_shape(node.inputs[i], shapes)) for i in acts) * batch_scale
     wi = weight_input(node)
     w = const_array(node.inputs[wi]) if wi is not None else None
-    depthwise = False
+    depthwise, spatial = False, 0
     if node.op_type == "Conv" and w is not None:
         red = int(np.prod(w.shape[1:]))
         group = int(node.attr("group", 1))
         depthwise = group > 1 and w.shape[1] == 1
+        o = _shape(node.outputs[0], shapes)
+        spatial = _numel(o[2:]) if o and len(o) > 2 else 0
     else:
         a = _shape(node.inputs[0], shapes)
         transa = node.op_type == "Gemm" and node.attr("transA", 0)
         red = int(a[0] if transa else a[-1]) if a else 0
     return LayerInfo(node.name, node.op_type, index, float(out) * red,
                      int(w.size) if w is not None else 0, int(ins), int(out), red, depthwise,
-                     wi is None)
+                     wi is None, spatial)
 
 
 def has_int8_dot(unit) -> bool:

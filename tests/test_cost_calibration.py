@@ -19,11 +19,17 @@ from targets.devices import get_profile
 
 
 def _samples(truth: Params, profile):
+    """Models of convs (reduction length and output plane varied), an elementwise kernel and
+    a normalisation over rows, timed with `truth`."""
     out = []
+    depths, planes = (9, 64, 576, 2304), (49, 196, 784, 3136)
     for i, (f, b) in enumerate([(1e6, 1e4), (1e8, 1e5), (1e9, 1e6), (1e5, 1e7), (1e7, 1e8),
-                                (3e9, 1e5), (1e4, 1e3), (5e8, 5e7)]):
-        ks = [Kernel(f"k{j}", ("Conv",), "conv", "fp32", f, b) for j in range(1 + i % 3)]
+                                (3e9, 1e5), (1e4, 1e3), (5e8, 5e7), (2e8, 2e5), (4e9, 4e6),
+                                (6e7, 3e4), (8e8, 1e7)]):
+        ks = [Kernel(f"k{j}", ("Conv",), "conv", "fp32", f, b, depths[(i + j) % 4],
+                     spatial=planes[(i // 2 + j) % 4]) for j in range(1 + i % 3)]
         ks += [Kernel("e", ("Add",), "elementwise", "fp32", b / 4, b)]
+        ks += [Kernel("n", ("Softmax",), "norm", "fp32", b / 2, b, rows=1e3 * (1 + i % 4))]
         s = Sample(f"m{i}", {"backend": "onnxruntime"}, ks, 0.0, 1.0 + i, (i * i) % 5 + 0.3,
                    None)
         s.latency_ms = predict_sample(s, truth, profile)
@@ -38,11 +44,13 @@ def test_fit_recovers_known_parameters():
     truth = Params.from_dict(prior.to_dict())
     truth.inv_eff = {**prior.inv_eff, "conv/fp32": 4.0}
     truth.inv_bw, truth.launch_us, truth.call_us = 2.0, 8.0, 50.0
+    truth.depth_half, truth.spatial_half, truth.row_ns = 40.0, 150.0, 3.0
     samples = _samples(truth, prof)
     got = fit(samples, prof, "onnxruntime", prior, weight=1e-6)
-    for s in samples:
+    for s in samples:  # the fit's vectorised time is time_kernels' time
         assert predict_sample(s, got, prof) == pytest.approx(s.latency_ms, rel=0.02)
     assert got.inv_eff["conv/fp32"] == pytest.approx(4.0, rel=0.05)
+    assert (got.depth_half, got.spatial_half) == pytest.approx((40.0, 150.0), rel=0.1)
     assert got.inv_eff["attention/int4"] == pytest.approx(prior.inv_eff["attention/int4"])
     mem = fit_memory(samples, got)
     assert (mem.mem_w, mem.mem_a, mem.mem_base_mb) == pytest.approx((1.2, 2.0, 30.0), rel=1e-3)

@@ -12,7 +12,7 @@ from tests.test_precision_assign import no_vnni_host
 def _conv(depthwise: bool, c: int = 64, s: int = 56) -> LayerInfo:
     k = 9 if depthwise else 9 * c
     return LayerInfo("c", "Conv", 0, c * s * s * k, c * k, c * s * s, c * s * s, k, depthwise,
-                     False)
+                     False, s * s)
 
 
 def test_host_onnxruntime_uses_its_calibration_and_it_knows_depthwise_int8_loses():
@@ -48,3 +48,27 @@ def _graph():
                      [h.make_tensor_value_info("x", T.FLOAT, [1])],
                      [h.make_tensor_value_info("y", T.FLOAT, [1])])
     return import_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+
+
+def test_conv_layers_carry_their_output_plane_to_the_cost_model():
+    """Regression: the proxy's conv kernel had no output plane, so the fitted small-plane
+    penalty (spatial_half) never reached the precision assignment. `layer_info` reads the
+    plane from the shapes, and the proxy's kernel carries it."""
+    import numpy as np
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from compiler.onnx_io import import_onnx
+    from passes.precision import layer_info
+
+    w = nh.from_array(np.ones((8, 4, 3, 3), np.float32), "w")
+    g = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 14, 10])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 8, 14, 10])], [w])
+    node = next(iter(import_onnx(h.make_model(g))))
+    info = layer_info(node, 0, {"y": (2, 8, 14, 10), "x": (2, 4, 14, 10)})
+    assert info.spatial == 14 * 10
+    host = get_profile("host")
+    ks = CostModelProxy.for_target(host, "onnxruntime").kernels(info, "fp32", host)
+    assert ks[0].spatial == 140

@@ -28,9 +28,10 @@ DequantizeLinear at their edges - a stand-in until the precision pass lowers the
 
 Runtime rules. ONNX Runtime forms an integer Conv only for DQ -> Conv [-> Relu] -> Q; an int8
 Conv whose result is not re-quantized runs as a float Conv on its plain (not NCHWc) kernel plus
-a weight DequantizeLinear. ONNX Runtime's CPU provider has half-precision GEMM kernels only
-on Arm cores with fp16 arithmetic; on x86 its fp16 MatMul/Gemm run in fp32 between Casts it
-inserts (Conv runs in fp16 on AVX512-FP16 cores). These runtime rules live in
+a weight DequantizeLinear. ONNX Runtime's CPU provider has half-precision kernels for most
+ops only on Arm cores with fp16 arithmetic; on x86 (AVX512-FP16 included) only layout ops and
+layer norms run in fp16, the rest in fp32 between Casts it inserts (`ort_half_plan`, checked
+against ORT's optimised graph). These runtime rules live in
 `compiler.cost.runtime_rules`; op classes and the `Kernel` record in `compiler.cost.ops`.
 """
 
@@ -73,8 +74,10 @@ from compiler.cost.runtime_rules import (
     _ort_nhwc_transposes,
     _result_quantized,
     _simulated_qdq,
-    _widening_casts,
+    function_body_kernels,
     half_kernels,
+    load_time_values,
+    ort_half_plan,
 )
 from compiler.ir import Graph, Node, Value
 
@@ -178,18 +181,22 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
     by_id = {id(n): n for n in nodes}
     free = set()
     ort = cfg["backend"] == "onnxruntime"
+    folded = load_time_values(nodes)
     for n in nodes:
         op = n.op_type
-        if ort and _ort_dispatches(n):
+        if n.outputs and all(id(o) in folded for o in n.outputs):
+            free.add(id(n))  # computed once at load
+            continue
+        if ort and _ort_dispatches(n, folded):
             continue
         if op in FREE_OPS or (op == _DQ and _is_const(n.inputs[0])) or (
                 op == "Cast" and _is_const(n.inputs[0])):
             free.add(id(n))
-        elif op == _DQ and native and (cfg["backend"] != "onnxruntime" or all(
+        elif op == _DQ and native and (not ort or all(
                 _ort_fuses_dq(c) for c, _ in n.outputs[0].uses)):
             free.add(id(n))  # merged into its reader by Q/DQ fusion
     plain: set[int] = set()  # convs on the runtime's plain (not blocked-layout) kernel
-    if cfg["backend"] == "onnxruntime" and simulate:
+    if ort and simulate:
         from passes.quantize import result_after_relu
 
         for n in nodes:  # the lowering re-quantizes every int8 Conv result but a graph output
@@ -197,7 +204,7 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
                     result_after_relu(n).is_graph_output():
                 prec[id(n)] = "fp32"
                 plain.add(id(n))
-    if cfg["backend"] == "onnxruntime" and not simulate:
+    if ort and not simulate:
         slow = []
         for n in nodes:  # ORT's QDQ selector needs DQ -> Conv [-> Relu] -> Q
             w = n.inputs[1] if n.op_type == "Conv" and len(n.inputs) > 1 else None
@@ -211,6 +218,13 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
             notes.append(f"{len(slow)} int8 Conv(s) ({', '.join(slow[:3])}) have a result that "
                          "is not re-quantized: ONNX Runtime runs them in float on its plain "
                          "(not NCHWc) kernel and dequantizes their weights on every call")
+    wide: set[int] = set()  # nodes the runtime runs in fp32 between Casts it inserts
+    casts: list[Kernel] = []
+    if ort and not simulate and not half_kernels(cfg, profile, "Add") and any(
+            n.op_type == "Cast" and n.attr("to") in _HALF for n in nodes):
+        wide, casts, dropped, through_cast = ort_half_plan(nodes, cfg, profile, bind, folded)
+        free |= dropped  # the graph's own Casts that cancel against inserted ones
+        plain |= {i for i in through_cast if by_id[i].op_type in _SIM_CONV}
     _merge_epilogues(nodes, cfg, free, find, parent, by_id)
     members: dict[int, list[Node]] = {}
     for n in nodes:
@@ -219,9 +233,10 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
     out: list[Kernel] = []
     kprec: dict[int, str] = {}
     kcls: dict[int, str] = {}
-    widened: set[int] = set()  # kernels run in fp32 between Casts the runtime inserts
+    widened = 0  # Conv/MatMul kernels without a half kernel on this unit
     for root, ns in members.items():
         ids = {id(n) for n in ns}
+        fp32 = any(id(n) in wide for n in ns)
         anchor = max(ns, key=lambda n: (node_flops(n, bind), -ns.index(n)))
         cls = op_class(anchor)
         p = prec[id(anchor)] if cls in COMPUTE_CLASSES else "fp32"
@@ -232,18 +247,20 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
                 if v is None or id(v) in seen:
                     continue
                 seen.add(id(v))
-                nbytes += _read_bytes(v, ids, free, prec[id(n)], simulate, bind)
+                nbytes += _read_bytes(v, ids, free, prec[id(n)], simulate, bind, fp32)
             for o in n.outputs:
                 if o.is_graph_output() or any(id(c) not in ids for c, _ in o.uses):
-                    w = _dtype_width(o.dtype)
+                    w = 4.0 if fp32 and o.dtype in _HALF else _dtype_width(o.dtype)
                     nbytes += numel(o, bind) * (min(w, ACT_WIDTH.get(p, w)) if simulate
                                                 else w)
-        if all(n.op_type in FREE_OPS for n in ns):
+        if all(n.op_type in FREE_OPS and n.op_type != "ConstantOfShape" for n in ns):
             nbytes = 0.0  # a view or shape read ONNX Runtime dispatches: no data moves
         if cls in COMPUTE_CLASSES and p in ("fp16", "bf16") and not half_kernels(
                 cfg, profile, anchor.op_type):
-            p, nbytes = "fp32", 2 * nbytes  # fp32 weights and activations between the
-            widened.add(root)  # Casts the runtime inserts (_widening_casts)
+            widened += 1
+            if not fp32:  # simulated: fp32 weights and activations (no Casts costed)
+                nbytes *= 2
+            p = "fp32"
         name = anchor.name or anchor.op_type
         depth = 0.0
         if cls in COMPUTE_CLASSES and anchor.outputs and numel(anchor.outputs[0], bind):
@@ -252,14 +269,20 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
                           id(anchor) in plain, _rows(anchor, bind) if cls == "norm" else 0.0,
                           _spatial(anchor, bind) if cls in CONV_CLASSES else 0.0))
         kprec[root], kcls[root] = p, cls
-    if simulate and cfg["backend"] == "onnxruntime":
+        for n in ns:
+            if id(n) in wide:
+                out += function_body_kernels(n, bind)
+    if simulate and ort:
         out += _simulated_qdq(members, kprec, find, bind)
-    if cfg["backend"] == "onnxruntime" and native:
+    if ort and native:
         out += _ort_nhwc_transposes(members, kprec, kcls, find, free, bind)
-    if widened:
-        casts = _widening_casts(members, widened, find, free, bind)
-        notes.append(f"{cfg['backend']} has no half-precision kernel for {len(widened)} "
-                     f"Conv/MatMul kernel(s) on this unit: they run in fp32 between "
+    if widened and simulate:
+        notes.append(f"{cfg['backend']} has no half-precision kernel for {widened} Conv/MatMul "
+                     "kernel(s) on this unit: costed in fp32 (the Casts it inserts are costed "
+                     "once the graph is lowered)")
+    elif wide:
+        notes.append(f"{cfg['backend']} has no half-precision kernel for {len(wide)} node(s) on "
+                     f"this unit ({widened} Conv/MatMul kernels): they run in fp32 between "
                      f"{len(casts)} Casts it inserts")
         out += casts
     return out, notes
@@ -283,16 +306,20 @@ def _rows(node: Node, bind) -> float:
 
 
 def _spatial(node: Node, bind) -> float:
+    """A conv's output plane (H x W, or the product of its spatial dims); 0 without shape."""
     d = dims(node.outputs[0], bind) if node.outputs else None
     return float(max(1, math.prod(d[2:]))) if d and len(d) > 2 else 0.0
 
 
 def _read_bytes(v: Value, ids: set[int], free: set[int], prec: str, simulate: bool,
-                bind) -> float:
-    """Bytes a kernel reads for input `v` (0 if produced inside the kernel)."""
+                bind, fp32: bool = False) -> float:
+    """Bytes a kernel reads for input `v` (0 if produced inside the kernel); `fp32`: the
+    runtime runs the kernel in fp32, half tensors arrive (and half weights are kept) in fp32."""
     v, p = _through_free(v, free)
     if p is not None and id(p) in ids:
         return 0.0
+    if fp32 and v.dtype in _HALF:
+        return 4.0 * numel(v, bind)
     if _is_const(v) and simulate and prec in WEIGHT_WIDTH:
         return numel(v, bind) * min(WEIGHT_WIDTH[prec], _dtype_width(v.dtype))
     if v.const is not None:

@@ -76,7 +76,7 @@ class CostModelProxy:
             w_b = a_b
         nbytes = w_b * layer.weight_elems + a_b * (layer.input_elems + layer.output_elems)
         out = [Kernel(layer.name, (layer.op_type,), cls, prec, 2.0 * layer.macs, nbytes,
-                      float(layer.reduction))]
+                      float(layer.reduction), spatial=float(layer.spatial))]
         if prec == "int8" and not NATIVE_FUSION.get(self.backend, False):
             n = float(layer.input_elems)
             out.append(Kernel(f"{layer.name}/q", ("QuantizeLinear",), "elementwise", "fp32",

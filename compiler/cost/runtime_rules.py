@@ -13,10 +13,7 @@ from typing import Any
 from compiler.cost.flops import numel
 from compiler.cost.memory import ALIAS_OPS
 from compiler.cost.ops import (
-    _ATTN,
-    _CONV,
     _HALF,
-    _MATMUL,
     _Q,
     CONV_CLASSES,
     FREE_OPS,
@@ -29,35 +26,144 @@ from compiler.cost.ops import (
 )
 from compiler.ir import Node, Value
 
-__all__ = ["ORT_EPILOGUES", "half_kernels"]
+__all__ = ["ORT_EPILOGUES", "ORT_FUNCTION_BODIES", "ORT_X86_HALF_OPS", "function_body_kernels",
+           "half_kernels", "load_time_values", "ort_half_plan"]
 
 
-def _widening_casts(members: dict[int, list[Node]], widened: set[int], find, free: set[int],
-                    bind) -> list[Kernel]:
-    """The Casts a runtime inserts around nodes it has no half-precision kernel for: one on
-    each half-precision edge between such a node and a node that runs in half (or a graph
-    output); two such nodes in a row share fp32 (ONNX Runtime drops the Cast pairs it inserted
-    itself). ORT profile of the decoder in fp16 on this host: 74 Casts, ~1/5 of the run."""
-    out, seen = [], set()
+# ONNX Runtime 1.32's CPU execution provider on a core without fp16 arithmetic (x86): the ops
+# that have a float16 kernel, found by running Transpose -> op -> Transpose in fp16 and reading
+# where the optimised graph puts Casts (tests/test_cost_runtime_rules.py re-checks a sample
+# against the installed onnxruntime). Everything else - Conv/FusedConv, MatMul/Gemm,
+# elementwise arithmetic and activations, Softmax, pooling, reductions, Resize, Pad, Where -
+# runs in fp32 between Casts. Ops with a function body and no fp16 kernel are expanded into
+# it (`ORT_FUNCTION_BODIES`).
+ORT_X86_HALF_OPS = frozenset({
+    "LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "Min",
+    "Max", "Clip", "Round", "Concat", "Slice", "Split", "Expand", "Gather", "Identity",
+    "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Size", "Cast"})
+ORT_FUNCTION_BODIES = {
+    "Softmax": ("ReduceMax", "Sub", "Exp", "ReduceSum", "Div"),
+    "Gelu": ("Mul", "Erf", "Add", "Mul", "Mul"),
+    "FastGelu": ("Mul", "Mul", "Add", "Mul", "Tanh", "Add", "Mul", "Mul"),
+}
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+# ORT's isolation check looks at the first input of a variadic operand list only
+_VARIADIC = frozenset({"Concat", "Sum", "Max", "Min", "Mean"})
 
-    def cast(v: Value, tag: str) -> None:
-        if (id(v), tag) not in seen:
-            seen.add((id(v), tag))
-            out.append(Kernel(f"{v.name}/{tag}", ("Cast",), "data", "fp32", 0.0,
-                              6.0 * numel(v, bind)))
 
-    for root in widened:
-        ids = {id(n) for n in members[root]}
-        for n in members[root]:
-            for v, p in (_through_free(x, free) for x in n.inputs if x is not None):
-                if v.dtype in _HALF and not _is_const(v) and (p is None or (
-                        id(p) not in ids and find(id(p)) not in widened)):
-                    cast(v, "to_fp32")
-            for o in n.outputs:
-                if o.dtype in _HALF and (o.is_graph_output() or any(
-                        id(c) not in ids and find(id(c)) not in widened for c, _ in o.uses)):
-                    cast(o, "to_half")
+def load_time_values(nodes: list[Node]) -> set[int]:
+    """Ids of the values a runtime computes once, when it loads the graph (constant folding):
+    constants, Shape/Size of a tensor whose shape is static, and whatever nodes compute from
+    those alone (the shape arithmetic of a static graph)."""
+    out: set[int] = set()
+    for n in nodes:  # graph order is topological
+        ins = [v for v in n.inputs if v is not None]
+        if ins and (n.op_type in ("Shape", "Size") and ins[0].static_shape() is not None or
+                    all(_is_const(v) or id(v) in out for v in ins)):
+            out.update(id(o) for o in n.outputs)
     return out
+
+
+def _ort_keeps(node: Node, folded: set[int]) -> bool:
+    """Whether `node` is still a node once ONNX Runtime has loaded the graph: Constant nodes
+    become initializers, Identity/Dropout go, `load_time_values` are folded."""
+    if node.op_type in ("Constant", "Identity", "Dropout"):
+        return False
+    return not (node.outputs and all(id(o) in folded for o in node.outputs))
+
+
+def ort_half_plan(nodes: list[Node], cfg: Mapping[str, Any], profile, bind, folded: set[int]
+                  ) -> tuple[set[int], list[Kernel], set[int], set[int]]:
+    """How ONNX Runtime runs the fp16/bf16 regions of a graph on a CPU without half kernels
+    for most ops: (ids of the nodes it runs in fp32, the Cast kernels it inserts, ids of the
+    graph's own Casts it removes). Its rules (InsertCastTransformer and
+    RemoveDuplicateCastTransformer): a node with no half kernel gets a Cast on each half input
+    and output; a half node whose half inputs all come from such nodes (of a variadic list,
+    the first only) and whose half results all go to them runs in fp32 too (no graph output);
+    one Cast per tensor and direction; a Cast the graph already has (fp32 -> half in front of
+    an fp32 node, half -> fp32 after one) cancels the inserted one, and goes itself when
+    nothing else reads it (from another type: merges into the inserted one). A half weight
+    read by one fp32 node becomes an fp32 initializer; one shared by several keeps its Cast,
+    run on every call, and a conv reading it is no constant-weight conv for the NCHWc layout
+    pass: it runs on the plain kernel (ResNet-50 with BN-folded zero biases, shared: 49 plain
+    FusedConv). Returns the fp32 nodes, the Cast kernels, the graph's Casts that go, and the
+    nodes reading a weight through a Cast. Not modelled: ORT's own ConstantSharing of equal
+    scalars (a few more shared-weight Casts on transformers)."""
+    present = [n for n in nodes if _ort_keeps(n, folded)]
+    ids = {id(n) for n in present}
+
+    def half_ins(n: Node) -> list[Value]:
+        return [v for v in n.inputs if v is not None and v.dtype in _HALF and not _is_const(v)]
+
+    def half_outs(n: Node) -> list[Value]:
+        return [o for o in n.outputs if o.dtype in _HALF]
+
+    def readers(v: Value) -> list[Node]:
+        return [c for c, _ in v.uses if id(c) in ids]
+
+    needs = {id(n) for n in present if (half_ins(n) or half_outs(n)) and n.op_type != "Cast"
+             and not half_kernels(cfg, profile, n.op_type)}
+    wide = set(needs)
+    for n in present:
+        if id(n) in needs or n.op_type == "Cast" or not half_outs(n):
+            continue
+        ins = half_ins(n)[:1] if n.op_type in _VARIADIC else half_ins(n)
+        prods = [v.producer for v in ins if v.producer is not None]
+        edges = any(v is not None and v.producer is not None for v in n.inputs)
+        if edges and not any(o.is_graph_output() for o in n.outputs) and \
+                all(id(p) in needs for p in prods) and \
+                all(id(c) in needs for o in half_outs(n) for c in readers(o)):
+            wide.add(id(n))
+    casts: list[Kernel] = []
+    dropped: set[int] = set()
+    seen: set[int] = set()
+    for n in present:
+        if id(n) not in wide:
+            continue
+        for v in half_ins(n):
+            p = v.producer
+            if id(v) in seen or (p is not None and id(p) in wide):
+                continue
+            seen.add(id(v))
+            if p is not None and p.op_type == "Cast" and p.inputs[0] is not None:
+                if not v.is_graph_output() and all(id(c) in wide for c in readers(v)):
+                    dropped.add(id(p))  # the inserted Cast reads p's input instead
+                if p.inputs[0].dtype == _FLOAT:
+                    continue  # fp32 -> half -> fp32: both go
+            casts.append(Kernel(f"{v.name}/to_fp32", ("Cast",), "data", "fp32", 0.0,
+                                6.0 * numel(v, bind)))
+        for o in half_outs(n):
+            rest = [c for c in readers(o) if id(c) not in wide]
+            if not rest and not o.is_graph_output():
+                continue
+            back = [c for c in rest if c.op_type == "Cast" and c.outputs[0].dtype == _FLOAT]
+            if back and len(back) == len(rest) and not o.is_graph_output():
+                dropped |= {id(c) for c in back if not c.outputs[0].is_graph_output()}
+                continue
+            casts.append(Kernel(f"{o.name}/to_half", ("Cast",), "data", "fp32", 0.0,
+                                6.0 * numel(o, bind)))
+    weights: dict[int, tuple[Value, list[Node]]] = {}
+    for n in present:
+        for v in n.inputs:
+            if id(n) in wide and v is not None and v.dtype in _HALF and _is_const(v):
+                weights.setdefault(id(v), (v, []))[1].append(n)
+    through_cast: set[int] = set()
+    for v, readers_ in weights.values():
+        if len({id(r) for r in readers_}) > 1:
+            casts.append(Kernel(f"{v.name}/to_fp32", ("Cast",), "data", "fp32", 0.0,
+                                6.0 * numel(v, bind)))
+            through_cast |= {id(r) for r in readers_}
+    return wide, casts, dropped, through_cast
+
+
+def function_body_kernels(node: Node, bind) -> list[Kernel]:
+    """The kernels beyond the first that ONNX Runtime runs for a node it expanded into its
+    function body (`ORT_FUNCTION_BODIES`): each op reads and writes the tensor in fp32
+    (reductions write a row each)."""
+    body = ORT_FUNCTION_BODIES.get(node.op_type, ())
+    n = numel(node.outputs[0], bind) if node.outputs else 0
+    return [Kernel(f"{node.name or node.op_type}/{op}", (op,), "elementwise", "fp32", float(n),
+                   (4.0 if op.startswith("Reduce") else 8.0) * n) for op in body[1:]]
 
 
 def _simulated_qdq(members: dict[int, list[Node]], kprec: dict[int, str], find, bind
@@ -94,17 +200,15 @@ _ORT_QLINEAR = {"Add", "Mul", "AveragePool", "GlobalAveragePool", "Sigmoid", "Le
 _ORT_DROP_QDQ = ALIAS_OPS | {"Transpose", "MaxPool", "Resize", "Gather", "Slice", "Split"}
 
 
-def _ort_dispatches(node: Node) -> bool:
-    """ONNX Runtime runs views (Reshape, Unsqueeze, ...) and Shape as kernels of their own: a
-    dispatch each, no data moved. Its constant folding removes those on constants and Shape of
-    a tensor whose shape is static; the decoder's shape arithmetic on symbolic dims stays (ORT
-    profile of the decoder: 79 Unsqueeze, 26 Reshape, 24 Shape kernels per run)."""
-    if node.op_type not in FREE_OPS or node.op_type in ("Constant", "Identity", "Dropout") or \
-            not node.inputs or node.inputs[0] is None or _is_const(node.inputs[0]):
-        return False
-    if node.op_type in ("Shape", "Size"):
-        return node.inputs[0].static_shape() is None
-    return node.op_type != "ConstantOfShape" or not _is_const(node.inputs[0])
+def _ort_dispatches(node: Node, folded: set[int]) -> bool:
+    """ONNX Runtime runs views (Reshape, Unsqueeze, ...), Shape and ConstantOfShape as kernels
+    of their own: a dispatch each (views and Shape move no data). What it constant-folds at
+    load (`load_time_values`: views of constants, the shape arithmetic of static shapes) is
+    gone; the decoder's shape arithmetic on symbolic dims stays (ORT profile of the decoder:
+    79 Unsqueeze, 26 Reshape, 24 Shape kernels per run)."""
+    return node.op_type in FREE_OPS and node.op_type not in ("Constant", "Identity", "Dropout") \
+        and bool(node.inputs) and node.inputs[0] is not None and \
+        not all(id(o) in folded for o in node.outputs) and not _is_const(node.inputs[0])
 
 
 def _ort_fuses_dq(reader: Node) -> bool:
@@ -159,19 +263,15 @@ ORT_EPILOGUES = 2
 
 def half_kernels(cfg: Mapping[str, Any], profile, op: str | None = None) -> bool:
     """Whether the backend computes `op` (default: MatMul, the general case of Conv/MatMul/
-    Gemm) in half precision on the unit. ONNX Runtime's CPU execution provider has half GEMM
-    kernels (MLAS) only on Arm cores with fp16 arithmetic; on x86 it inserts Casts and runs
-    MatMul/Gemm in fp32, but Conv runs in fp16 (MLAS, plain NCHW kernel) where the core has
-    AVX512-FP16 (ORT profile of ResNet-50 at 112 px on this host: 49 fp16 FusedConv kernels,
-    no Casts, 1.3x the time of its fp32 NCHWc convs). Elementwise, normalisation and layout ops
-    have half kernels everywhere."""
+    Gemm) in half precision on the unit. ONNX Runtime's CPU execution provider has half
+    kernels for most ops only on Arm cores with fp16 arithmetic; elsewhere only for the ops in
+    `ORT_X86_HALF_OPS` (layout ops and layer norms), even on cores with AVX512-FP16 (ResNet-50
+    at 112 px in fp16 on this host: all 53 convs in fp32, on the plain kernel: ORT's NCHWc
+    layout pass runs before its Casts and skips fp16 convs; 1.4x the time of fp32)."""
     u = profile.unit(cfg["unit"]) if cfg["unit"] else profile.main_unit
     if cfg["backend"] != "onnxruntime" or u is None or u.kind != "cpu" or "fp16" in u.isa:
         return True
-    op = op or "MatMul"
-    if op in _CONV:
-        return "avx512_fp16" in u.isa and op in ("Conv", "FusedConv")
-    return op not in _MATMUL | _ATTN
+    return (op or "MatMul") in ORT_X86_HALF_OPS
 
 
 def _merge_epilogues(nodes: list[Node], cfg: Mapping[str, Any], free: set[int], find, parent,
