@@ -383,3 +383,19 @@ def test_ort_dispatches_views_and_shape_reads_of_symbolic_shapes():
     static = kernels(graph(2), {"backend": "onnxruntime"}, prof)[0]
     # ORT folds Shape -> Gather -> Unsqueeze -> Concat of a static shape at load
     assert [k.ops[0] for k in static] == ["Reshape"]
+
+
+def test_ort_casts_for_a_model_that_is_fp16_end_to_end(tmp_path):
+    """A model stored in fp16 (half inputs and outputs, no Casts of its own) still runs its
+    MatMul in fp32 on x86: a Cast in and a Cast out, as ORT's optimised graph has."""
+    w = nh.from_array(np.ones((64, 64), np.float16), "w")
+    g = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT16, [4, 64])],
+                     [h.make_tensor_value_info("y", T.FLOAT16, [4, 64])], [w])
+    graph = import_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    infer_shapes(graph)
+    x86 = _isa(vnni_host(), "avx2", "avx512f")
+    ks, _ = kernels(graph, {"backend": "onnxruntime", "fusion": True}, x86)
+    casts = [k.name for k in ks if k.ops == ("Cast",)]
+    assert sorted(casts) == ["x/to_fp32", "y/to_half"]
+    assert len(casts) == len(_ort_casts(graph, tmp_path))

@@ -221,7 +221,7 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
     wide: set[int] = set()  # nodes the runtime runs in fp32 between Casts it inserts
     casts: list[Kernel] = []
     if ort and not simulate and not half_kernels(cfg, profile, "Add") and any(
-            n.op_type == "Cast" and n.attr("to") in _HALF for n in nodes):
+            v is not None and v.dtype in _HALF for n in nodes for v in n.inputs):
         wide, casts, dropped, through_cast = ort_half_plan(nodes, cfg, profile, bind, folded)
         free |= dropped  # the graph's own Casts that cancel against inserted ones
         plain |= {i for i in through_cast if by_id[i].op_type in _SIM_CONV}
