@@ -399,3 +399,29 @@ def test_ort_casts_for_a_model_that_is_fp16_end_to_end(tmp_path):
     casts = [k.name for k in ks if k.ops == ("Cast",)]
     assert sorted(casts) == ["x/to_fp32", "y/to_half"]
     assert len(casts) == len(_ort_casts(graph, tmp_path))
+
+
+def test_ort_folds_a_quantize_into_qlinear_ops_only_after_dequantized_inputs():
+    """Regression: a QuantizeLinear after any Add/Mul was merged into it as QLinearMul, but ORT
+    forms QLinearMul only from DQ -> Mul -> Q; a float Mul (an RMSNorm scale) then Q runs as
+    two kernels (decoder in int8: 29 QuantizeLinear kernels per run, the model had 20)."""
+    def graph(dequantized):
+        s = nh.from_array(np.array(0.05, np.float32), "s")
+        z = nh.from_array(np.array(0, np.int8), "z")
+        g = nh.from_array(np.ones(64, np.float32), "g")
+        qx = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+              h.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])] if dequantized else []
+        nodes = qx + [h.make_node("Mul", ["xd" if dequantized else "x", "g"], ["m"]),
+                      h.make_node("QuantizeLinear", ["m", "s", "z"], ["mq"]),
+                      h.make_node("DequantizeLinear", ["mq", "s", "z"], ["y"])]
+        gr = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [16, 64])],
+                          [h.make_tensor_value_info("y", T.FLOAT, [16, 64])], [s, z, g])
+        out = import_onnx(h.make_model(gr, opset_imports=[h.make_opsetid("", 17)]))
+        infer_shapes(out)
+        return out
+
+    cfg = {"backend": "onnxruntime", "precision": "int8", "fusion": True}
+    plain = [k.ops for k in kernels(graph(False), cfg, vnni_host())[0]]
+    assert ("Mul",) in plain and ("QuantizeLinear",) in plain
+    qlinear = [k.ops for k in kernels(graph(True), cfg, vnni_host())[0]]
+    assert ("Mul", "QuantizeLinear") in qlinear

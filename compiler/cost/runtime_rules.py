@@ -211,6 +211,16 @@ def _ort_dispatches(node: Node, folded: set[int]) -> bool:
         not all(id(o) in folded for o in node.outputs) and not _is_const(node.inputs[0])
 
 
+def _inputs_dequantized(node: Node) -> bool:
+    """Whether every activation input of `node` comes out of a DequantizeLinear: ONNX
+    Runtime's selectors form QLinearAdd/QLinearMul/... (and fold the Q after) only then; a
+    float Mul (an RMSNorm scale) followed by a Q runs as Mul, then QuantizeLinear (decoder in
+    int8: 29 QuantizeLinear kernels per run, 13 of them after such a Mul)."""
+    acts = [v for v in node.inputs if v is not None and not _is_const(v)]
+    return bool(acts) and all(v.producer is not None and v.producer.op_type == "DequantizeLinear"
+                              for v in acts)
+
+
 def _ort_fuses_dq(reader: Node) -> bool:
     if reader.op_type in ("MatMul", "Gemm") or reader.op_type in _ORT_DROP_QDQ:
         return True
@@ -300,7 +310,8 @@ def _merge_epilogues(nodes: list[Node], cfg: Mapping[str, Any], free: set[int], 
                 ok = acls in ("conv", "dwconv", "matmul", "elementwise")
             else:  # ONNX Runtime; with its Q/DQ fusions DQ -> Add -> Q is one QLinearAdd
                 ok = acls in ("conv", "dwconv", "matmul") and merged.get(root, 0) < cap or \
-                    cap > 0 and n.op_type == _Q and by_id[root].op_type in _ORT_QLINEAR
+                    cap > 0 and n.op_type == _Q and by_id[root].op_type in _ORT_QLINEAR and \
+                    _inputs_dequantized(by_id[root])
             if ok:
                 parent[find(id(n))] = root
                 merged[root] = merged.get(root, 0) + (0 if bn else 1)
