@@ -109,4 +109,3 @@ def load_calibration(path: str | os.PathLike, graph: Graph | None = None, *,
         with np.load(first) as z:
             inputs = {k: (None, None) for k in z.keys()}
     return CalibrationSet(p, inputs, batch_size, limit)
-

@@ -160,7 +160,7 @@ def _predict_for(args, graph, bindings: dict[str, int]) -> dict[str, Any]:
     from compiler.cost import predict
     from compiler.driver import PRECISIONS, _check_backend
     from compiler.errors import ConstraintError
-    from compiler.search import lower_graph, prepare_graph, search
+    from compiler.search import compiled_graph, search
     from targets.devices import get_profile
 
     profile = get_profile(args.target)
@@ -170,9 +170,8 @@ def _predict_for(args, graph, bindings: dict[str, int]) -> dict[str, Any]:
     if args.backend:
         cfg = {"backend": _check_backend(profile, args.backend), "precision": args.precision,
                "fusion": True}
-        g = prepare_graph(lower_graph(graph, cfg, profile, bindings=bindings), cfg, profile,
-                          in_place=True)
-        pred = predict(g, cfg, profile, bindings=bindings or None)
+        pred = predict(compiled_graph(graph, cfg, profile, bindings), cfg, profile,
+                       bindings=bindings or None)
     else:
         res = search(graph, profile, bindings=bindings, precisions=[args.precision])
         pred, cfg = res.choice.prediction, res.choice.config

@@ -10,8 +10,8 @@ Pruning, before any prediction, each with its reason:
 - equivalent: fusion off on a backend that fuses natively (OpenVINO, TVM, TensorRT) gives the
   same kernels; int4-weight on a graph with no MatMul/Gemm weight is fp32;
 - dominated: fp16/bf16 where the backend has no half-precision kernel for any of the graph's
-  Conv/MatMul/Gemm on the unit (ONNX Runtime on x86 CPUs, Conv aside on AVX512-FP16 cores): it
-  runs as fp32 plus the Casts the runtime inserts;
+  Conv/MatMul/Gemm on the unit (ONNX Runtime on x86 CPUs): it runs as fp32 plus the Casts the
+  runtime inserts;
 - lossless-only: `max_accuracy_drop == 0` keeps fp32 alone (otherwise the budget is passed
   through in the chosen config for the precision pass to honour).
 
@@ -41,7 +41,8 @@ from compiler.cost.model import Prediction, predict
 from compiler.errors import ConstraintError
 from compiler.ir import Graph
 
-__all__ = ["Candidate", "SearchResult", "config_space", "lower_graph", "prepare_graph", "search"]
+__all__ = ["Candidate", "SearchResult", "compiled_graph", "config_space", "lower_graph",
+           "prepare_graph", "search"]
 
 OBJECTIVES = {"latency": "latency_ms", "energy": "energy_mj", "memory": "memory_mb"}
 POLICIES = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
@@ -170,9 +171,9 @@ def _prune(graph: Graph, c: dict, profile, legality: bool, max_drop: float | Non
         return "max_accuracy_drop = 0: only fp32 is lossless"
     if not c["fusion"] and NATIVE_FUSION.get(be):
         return f"equivalent: {be} fuses natively, fusion off gives the same kernels"
-    if c["precision"] in ("fp16", "bf16") and not any(
-            half_kernels(resolve_config(c, profile), profile, n.op_type) for n in graph
-            if n.op_type in ("Conv", "MatMul", "Gemm")):
+    heavy = {n.op_type for n in graph} & {"Conv", "MatMul", "Gemm"}
+    if c["precision"] in ("fp16", "bf16") and heavy and not any(
+            half_kernels(resolve_config(c, profile), profile, op) for op in heavy):
         return (f"dominated: {be} has no half-precision Conv/MatMul kernels on "
                 f"{profile.main_unit.name}; {c['precision']} runs as fp32 plus the Casts it "
                 "inserts")
@@ -194,14 +195,23 @@ def _prune(graph: Graph, c: dict, profile, legality: bool, max_drop: float | Non
     return ""
 
 
+def compiled_graph(graph: Graph, config: Mapping[str, Any], profile,
+                   bindings: Mapping[str, int] | None = None) -> Graph:
+    """The graph `config` compiles, for the cost model: lowered to its precision
+    (`lower_graph`, placeholder ranges at `bindings`), then fused when fusion is on
+    (`prepare_graph`). An fp32 configuration without fusion is `graph` itself (no copy)."""
+    fused = config.get("fusion", True)
+    if config.get("precision", "fp32") == "fp32":
+        return prepare_graph(graph, config, profile) if fused else graph
+    g = lower_graph(graph, config, profile, bindings=bindings)
+    return prepare_graph(g, config, profile, in_place=True) if fused else g
+
+
 def _costed_graph(graph: Graph, c: dict, profile, bindings) -> tuple[Graph, str] | str:
-    """(the graph configuration `c` compiles, a note) for the cost model; a string where the
-    lowering says the configuration cannot be built (the pruning reason)."""
+    """(`compiled_graph`, a note); a string where the lowering says the configuration cannot
+    be built (the pruning reason)."""
     try:
-        if c["precision"] == "fp32":
-            return (prepare_graph(graph, c, profile) if c["fusion"] else graph), ""
-        g = lower_graph(graph, c, profile, bindings=bindings)
-        return (prepare_graph(g, c, profile, in_place=True) if c["fusion"] else g), ""
+        return compiled_graph(graph, c, profile, bindings), ""
     except ConstraintError as e:
         return f"illegal: {e}"
     except Exception as e:  # a pass failing here must not fail the search: cost it simulated

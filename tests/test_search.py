@@ -141,3 +141,16 @@ def test_search_costs_the_lowered_graph_not_a_simulation():
     ops = [tuple(k["ops"]) for k in res.choice.prediction.nodes]
     assert ("Transpose",) in ops and ("QuantizeLinear",) in ops
     assert not any("simulated" in a for a in res.choice.prediction.assumptions)
+
+
+def test_half_precision_is_not_called_dominated_on_a_graph_without_conv_or_matmul():
+    """Regression: the fp16 pruning rule asked whether any Conv/MatMul/Gemm has a half kernel;
+    on a graph with none it answered no and pruned fp16 as "dominated" even on OpenVINO,
+    which computes everything in half."""
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", F, [1, 64])],
+                          [helper.make_tensor_value_info("y", F, None)])
+    graph = import_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    res = search(graph, get_profile("host"), backends=["openvino"], precisions=["fp16"],
+                 legality=False)
+    assert not any(c.pruned.startswith("dominated") for c in res.pruned)

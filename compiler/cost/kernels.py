@@ -187,7 +187,7 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
         if n.outputs and all(id(o) in folded for o in n.outputs):
             free.add(id(n))  # computed once at load
             continue
-        if ort and _ort_dispatches(n, folded):
+        if ort and _ort_dispatches(n):
             continue
         if op in FREE_OPS or (op == _DQ and _is_const(n.inputs[0])) or (
                 op == "Cast" and _is_const(n.inputs[0])):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import onnx
+
 from compiler.cost.flops import numel
 from compiler.cost.memory import ALIAS_OPS
 from compiler.cost.ops import (
@@ -46,7 +48,7 @@ ORT_FUNCTION_BODIES = {
     "Gelu": ("Mul", "Erf", "Add", "Mul", "Mul"),
     "FastGelu": ("Mul", "Mul", "Add", "Mul", "Tanh", "Add", "Mul", "Mul"),
 }
-_FLOAT = 1  # onnx.TensorProto.FLOAT
+_FLOAT = onnx.TensorProto.FLOAT
 # ORT's isolation check looks at the first input of a variadic operand list only
 _VARIADIC = frozenset({"Concat", "Sum", "Max", "Min", "Mean"})
 
@@ -70,6 +72,11 @@ def _ort_keeps(node: Node, folded: set[int]) -> bool:
     if node.op_type in ("Constant", "Identity", "Dropout"):
         return False
     return not (node.outputs and all(id(o) in folded for o in node.outputs))
+
+
+def _cast_kernel(v: Value, tag: str, bind) -> Kernel:
+    """A Cast ONNX Runtime inserts between fp16 and fp32 (reads 2, writes 4 bytes or back)."""
+    return Kernel(f"{v.name}/{tag}", ("Cast",), "data", "fp32", 0.0, 6.0 * numel(v, bind))
 
 
 def ort_half_plan(nodes: list[Node], cfg: Mapping[str, Any], profile, bind, folded: set[int]
@@ -130,8 +137,7 @@ def ort_half_plan(nodes: list[Node], cfg: Mapping[str, Any], profile, bind, fold
                     dropped.add(id(p))  # the inserted Cast reads p's input instead
                 if p.inputs[0].dtype == _FLOAT:
                     continue  # fp32 -> half -> fp32: both go
-            casts.append(Kernel(f"{v.name}/to_fp32", ("Cast",), "data", "fp32", 0.0,
-                                6.0 * numel(v, bind)))
+            casts.append(_cast_kernel(v, "to_fp32", bind))
         for o in half_outs(n):
             rest = [c for c in readers(o) if id(c) not in wide]
             if not rest and not o.is_graph_output():
@@ -140,19 +146,17 @@ def ort_half_plan(nodes: list[Node], cfg: Mapping[str, Any], profile, bind, fold
             if back and len(back) == len(rest) and not o.is_graph_output():
                 dropped |= {id(c) for c in back if not c.outputs[0].is_graph_output()}
                 continue
-            casts.append(Kernel(f"{o.name}/to_half", ("Cast",), "data", "fp32", 0.0,
-                                6.0 * numel(o, bind)))
-    weights: dict[int, tuple[Value, list[Node]]] = {}
-    for n in present:
+            casts.append(_cast_kernel(o, "to_half", bind))
+    weights: dict[int, tuple[Value, set[int]]] = {}
+    for n in (x for x in present if id(x) in wide):
         for v in n.inputs:
-            if id(n) in wide and v is not None and v.dtype in _HALF and _is_const(v):
-                weights.setdefault(id(v), (v, []))[1].append(n)
+            if v is not None and v.dtype in _HALF and _is_const(v):
+                weights.setdefault(id(v), (v, set()))[1].add(id(n))
     through_cast: set[int] = set()
-    for v, readers_ in weights.values():
-        if len({id(r) for r in readers_}) > 1:
-            casts.append(Kernel(f"{v.name}/to_fp32", ("Cast",), "data", "fp32", 0.0,
-                                6.0 * numel(v, bind)))
-            through_cast |= {id(r) for r in readers_}
+    for v, users in weights.values():
+        if len(users) > 1:
+            casts.append(_cast_kernel(v, "to_fp32", bind))
+            through_cast |= users
     return wide, casts, dropped, through_cast
 
 
@@ -200,15 +204,13 @@ _ORT_QLINEAR = {"Add", "Mul", "AveragePool", "GlobalAveragePool", "Sigmoid", "Le
 _ORT_DROP_QDQ = ALIAS_OPS | {"Transpose", "MaxPool", "Resize", "Gather", "Slice", "Split"}
 
 
-def _ort_dispatches(node: Node, folded: set[int]) -> bool:
+def _ort_dispatches(node: Node) -> bool:
     """ONNX Runtime runs views (Reshape, Unsqueeze, ...), Shape and ConstantOfShape as kernels
-    of their own: a dispatch each (views and Shape move no data). What it constant-folds at
-    load (`load_time_values`: views of constants, the shape arithmetic of static shapes) is
-    gone; the decoder's shape arithmetic on symbolic dims stays (ORT profile of the decoder:
-    79 Unsqueeze, 26 Reshape, 24 Shape kernels per run)."""
+    of their own: a dispatch each (views and Shape move no data). Asked for nodes it does not
+    constant-fold at load (`load_time_values`): the decoder's shape arithmetic on symbolic
+    dims (ORT profile of the decoder: 79 Unsqueeze, 26 Reshape, 24 Shape kernels per run)."""
     return node.op_type in FREE_OPS and node.op_type not in ("Constant", "Identity", "Dropout") \
-        and bool(node.inputs) and node.inputs[0] is not None and \
-        not all(id(o) in folded for o in node.outputs) and not _is_const(node.inputs[0])
+        and bool(node.inputs) and node.inputs[0] is not None and not _is_const(node.inputs[0])
 
 
 def _inputs_dequantized(node: Node) -> bool:
