@@ -35,7 +35,7 @@ def _median(fn, runs: int = RUNS) -> tuple[float, int]:
 def _torch_eager(name: str, feeds):
     import torch
 
-    from compiler import zoo_builders
+    from compiler.zoo import builders as zoo_builders
 
     module = {"cnn": zoo_builders.cnn_torch_module,
               "siglip": zoo_builders.siglip_torch_module}[name]()

@@ -127,7 +127,7 @@ def _zoo(name: str, feeds: dict):
 
 def cases() -> list[tuple[str, str, object]]:
     """(case id, group, builder) where builder() -> (ModelProto, feeds or shapes)."""
-    from compiler import resnet, zoo
+    from compiler.zoo import resnet, zoo
 
     out = [(f"conv_c{c}_s{s}", "synthetic", lambda c=c, s=s: conv_case(c, s))
            for c, s in ((8, 8), (16, 56), (64, 28), (128, 14), (32, 112))]

@@ -36,7 +36,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 def _case(name: str, batch: int):
     """(fp32 path, calibration feeds, eval feeds, labels or None, constraints)."""
     if name.startswith("digits"):
-        from compiler import trained
+        from compiler.zoo import trained
 
         d = trained.digits_data()
         calib = trained.calibration_feeds(128, 16)

@@ -9,10 +9,10 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from compiler import trained
 from compiler.ir import constant_value
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
+from compiler.zoo import trained
 from passes.bias_correction import weight_shift
 from passes.calibration import collect, make_session, run_model
 from targets.devices import get_profile

@@ -31,7 +31,7 @@ PUBLISHED_MS = 0.640
 
 @pytest.fixture(scope="module")
 def resnet_graph():
-    from compiler import resnet
+    from compiler.zoo import resnet
 
     return import_onnx(onnx.load(str(resnet.onnx_path(224, 1))))
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from compiler import trained
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
+from compiler.zoo import trained
 from passes.base import PassContext, get_pass
 from passes.precision import LayerInfo, RooflineProxy, choose_prefix, order_layers
 from targets.devices import Sourced, get_profile

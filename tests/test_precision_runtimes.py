@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler import trained
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
+from compiler.zoo import trained
 from passes.calibration import make_session, run_model
 from targets.devices import get_profile
 

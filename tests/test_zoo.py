@@ -198,7 +198,7 @@ def test_external_data_layout() -> None:
 
 def test_cnn_dynamic_spatial_dims_and_batchnorm() -> None:
     torch = pytest.importorskip("torch")
-    from compiler.zoo_builders import cnn_torch_module
+    from compiler.zoo.builders import cnn_torch_module
 
     path = zoo.get("cnn")
     model = onnx.load(str(path))
@@ -218,7 +218,7 @@ def test_cnn_dynamic_spatial_dims_and_batchnorm() -> None:
 def test_siglip_matches_torch() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from compiler.zoo_builders import siglip_torch_module
+    from compiler.zoo.builders import siglip_torch_module
 
     path = zoo.get("siglip")
     ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
@@ -235,7 +235,7 @@ def test_siglip_matches_torch() -> None:
 def test_decoder_matches_torch(batch: int, seq: int, past: int) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from compiler.zoo_builders import decoder_torch_module
+    from compiler.zoo.builders import decoder_torch_module
 
     path = zoo.get("decoder")
     feeds = zoo.decoder_inputs(batch=batch, seq_len=seq, past_len=past, seed=4)

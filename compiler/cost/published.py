@@ -29,7 +29,7 @@ __all__ = ["POINTS", "PublishedPoint", "calibrate_device", "points_for"]
 class PublishedPoint:
     device: str
     backend: str
-    model: str  # "resnet50" (compiler.resnet)
+    model: str  # "resnet50" (compiler.zoo.resnet)
     precision: str
     batch: int
     size: int
@@ -65,8 +65,8 @@ def points_for(device: str, backend: str, use: str | None = None) -> list[Publis
 def _graph(point: PublishedPoint):
     import onnx
 
-    from compiler import resnet
     from compiler.onnx_io import import_onnx
+    from compiler.zoo import resnet
 
     return import_onnx(onnx.load(str(resnet.onnx_path(point.size, point.batch))))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["resnet50", "onnx_path", "CACHE_DIR"]
 
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "resnet50"
+CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "resnet50"
 LAYERS = (3, 4, 6, 3)
 
 

@@ -31,7 +31,7 @@ NAMES = ("digits_cnn", "digits_vit")
 SIZE = 16
 N_TRAIN = 1200
 _VERSION = "1"
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def digits_data(size: int = SIZE) -> dict[str, np.ndarray]:

@@ -52,9 +52,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler import zoo_builders as _b
 from compiler.errors import InvalidModelError, MissingDependencyError
-from compiler.zoo_builders import DECODER, DecoderSpec, decoder_inputs
+from compiler.zoo import builders as _b
+from compiler.zoo.builders import DECODER, DecoderSpec, decoder_inputs
 
 __all__ = [
     "NAMES",
@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 ZOO_VERSION = "1"
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "zoo"
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "zoo"
 _MODEL_FILE = "model.onnx"
 
 # name -> (builder, builder version, libraries whose versions enter the cache key)
