@@ -131,12 +131,30 @@ def infer_shapes(graph: Graph, symbolic: bool = True) -> bool:
     changed = _apply(graph, inferred.graph)
     if symbolic and _unknowns(graph):
         try:
-            sym = _symbolic_inference().infer_shapes(inferred, auto_merge=True)
+            sym = _symbolic(inferred)
             if sym is not None:
                 changed |= _apply(graph, sym.graph)
         except Exception:  # symbolic inference is best effort
             pass
     return changed
+
+
+def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ONNX Runtime's symbolic inference, keeping what it inferred when it cannot infer all.
+
+    Its `infer_shapes` saves `sym_shape_infer_temp.onnx` into the working directory and raises
+    when some shape stays unknown; edgec never writes outside the user's output folder, and a
+    partial answer still fills gaps, so the same steps run here without that save."""
+    cls = _symbolic_inference()
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 7:
+        return None
+    ssi = cls(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+    ssi._preprocess(model)
+    while ssi.run_:
+        ssi._infer_impl()
+    ssi._update_output_from_vi()
+    return ssi.out_mp_
 
 
 @register_pass

@@ -273,7 +273,8 @@ class OpenVinoRunner(Runner):
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise CompileError(f"missing inputs {missing}; the model takes {self.input_names}")
-        result = self.compiled({p: np.ascontiguousarray(feeds[n])
+        # np.require keeps a 0-d scalar 0-d (ascontiguousarray makes it 1-d: OpenVINO refuses)
+        result = self.compiled({p: np.require(feeds[n], requirements="C")
                                 for n, p in zip(self.input_names, self._in)})
         return {n: np.array(result[p]) for n, p in zip(self.output_names, self._out)}
 
