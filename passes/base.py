@@ -96,6 +96,7 @@ _BUILTIN: dict[str, str] = {
     "onnxsim": "passes.onnxsim_pass",
     "fusion": "passes.fusion",
     "precision": "passes.precision",
+    "pruning": "passes.pruning.prune",
 }
 _REGISTRY: dict[str, type[Pass]] = {}
 
