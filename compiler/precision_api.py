@@ -332,9 +332,12 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
                         means=mean_keys, **kw)
     unit = profile.main_unit
     act_dtype = qz.T.INT8 if be == "tensorrt" else qz.T.UINT8
-    reduce_range = be == "onnxruntime" and unit.kind == "cpu" and not (
-        {"avx512_vnni", "avx_vnni", "amx_int8"} & set(unit.isa)) and unit.isa and \
-        "avx2" in unit.isa
+    # 7-bit weights on an x86 CPU without VNNI: its int8 dot product (vpmaddubsw) sums u8*s8
+    # pairs into int16 and saturates with full-range weights, whichever runtime calls it (ONNX
+    # Runtime's MLAS does; a graph lowered for such a device must be safe in every runtime
+    # that may run it there)
+    reduce_range = unit.kind == "cpu" and "avx2" in unit.isa and not (
+        {"avx512_vnni", "avx_vnni", "amx_int8"} & set(unit.isa))
 
     def lower(g: Graph, node: Node) -> dict:
         key = key_of.get(node.name)

@@ -41,6 +41,17 @@ def vnni_host():
     return _fixed_cpu(4.0, True, "estimated: VNNI 4x fp32")
 
 
+def runs_here_host():
+    """The stand-in whose int8 arithmetic is this machine's (VNNI or not): a graph whose
+    numbers a test checks on this CPU must be lowered for a CPU like it (without VNNI the
+    weights are 7-bit, see passes/quantize.py). Only which stand-in depends on the machine;
+    both are fixed profiles and the assertions are the same."""
+    from targets.host import cpu_info
+
+    dot = {"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_info()["isa"])
+    return vnni_host() if dot else no_vnni_host()
+
+
 @pytest.fixture(scope="module")
 def cnn():
     return trained.get("digits_cnn")
