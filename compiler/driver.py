@@ -29,6 +29,8 @@ from compiler.ir import Graph
 from compiler.onnx_io import import_onnx, load_model_proto
 from compiler.pipeline import DEFAULT_PIPELINE, PassManager, get_pipeline
 from passes.base import Pass, PassContext, get_pass
+from passes.normalize import normalize
+from passes.opset_policy import describe as describe_opset
 
 __all__ = ["compile", "optimize", "load_graph"]
 
@@ -58,6 +60,7 @@ class _Source:
                 self.path = str(model)
             self.proto, self.base_dir = proto, base_dir
             self.graph = import_onnx(proto, base_dir=base_dir)
+            normalize(self.graph)  # one form for every exporter's (passes/normalize.py)
         self.sha256 = self._hash()
 
     def _hash(self) -> str:
@@ -163,6 +166,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
     source = _Source(model, example_inputs)
     graph = source.graph
+    source_opset = graph.opset_imports.get("")
     _check_shapes(graph, shapes)
     search_result = None
     options = dict(options or {})
@@ -241,6 +245,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             "legality": report.to_dict(),
             "passes": records,
             "precision": precision_report,
+            "opset": describe_opset(source_opset, graph.opset_imports.get(""), precision),
             "predicted": prediction.summary(),
             "prediction_assumptions": prediction.assumptions,
             "search": search_result.to_dict() if search_result is not None else None,

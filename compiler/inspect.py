@@ -22,7 +22,10 @@ def _sig(values) -> list[dict[str, Any]]:
 def summarize(graph: Graph, bindings: dict[str, int] | None = None) -> dict[str, Any]:
     ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type
                   for n in graph.all_nodes())
-    params = sum(v.const.size for v in graph.initializers.values() if v.const is not None)
+    # int64 initializers hold shapes and indices (a paddle-style Reshape's computed target),
+    # never weights: they are not parameters
+    params = sum(v.const.size for v in graph.initializers.values()
+                 if v.const is not None and v.const.dtype != onnx.TensorProto.INT64)
     weight_bytes = sum(v.const.nbytes for v in graph.initializers.values()
                        if v.const is not None)
     return {

@@ -3,7 +3,8 @@
 `import_onnx` reads a path, bytes or ModelProto without loading external weights (they are
 memory-mapped on first use) and validates what a compiler must not guess about: every node
 input is produced somewhere, there is no cycle, every op exists in its domain at the imported
-opset, dims are sane, and external data stays inside the model's folder.
+opset, dims are sane, and external data stays inside the model's folder. A negative dim (how
+paddle2onnx writes a dynamic one) reads as unknown; `passes/normalize.py` then names it.
 
 `export_onnx` writes the graph back. Unchanged tensors are emitted from their original bytes,
 so `export_onnx(import_onnx(m))` gives bit-identical results. With a path, weights that came
@@ -167,8 +168,10 @@ class _Reader:
             if tt.HasField("shape"):
                 dims: list[Any] = []
                 for d in tt.shape.dim:
-                    if d.HasField("dim_value"):
-                        if check and not 0 <= d.dim_value <= _MAX_DIM:
+                    if d.HasField("dim_value") and d.dim_value < 0:
+                        dims.append(None)  # paddle2onnx writes dynamic dims as -1: unknown
+                    elif d.HasField("dim_value"):
+                        if check and d.dim_value > _MAX_DIM:
                             raise InvalidModelError(
                                 f"input {value.name!r} has an absurd dimension {d.dim_value}; "
                                 "dims must lie in [0, 2^31)")

@@ -52,6 +52,7 @@ from compiler.ir import Graph, Node
 from passes import quantize as qz
 from passes.bias_correction import input_mean_axis
 from passes.calibration import CalibrationResult, collect
+from passes.opset_policy import ensure_precision_opset
 from passes.precision import (
     RooflineProxy,
     candidate_layers,
@@ -135,6 +136,7 @@ def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
         raise ConstraintError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     opts = {**DEFAULTS, **(constraints or {})}
     be = _backend_name(backend)
+    ensure_precision_opset(graph, precision)  # Q/DQ axis, bf16 Cast: passes/opset_policy.py
     _name_nodes(graph)
     cands = candidate_layers(graph)
     report: dict[str, Any] = {"precision": precision, "target": profile.name, "backend": be,

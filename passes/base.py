@@ -90,6 +90,7 @@ class Pass(ABC):
 # name -> module that defines it; the module registers the class on import.
 _BUILTIN: dict[str, str] = {
     "shape_inference": "passes.shape_inference",
+    "normalize": "passes.normalize",
     "dce": "passes.dce",
     "identity_elimination": "passes.identity",
     "constant_folding": "passes.fold",

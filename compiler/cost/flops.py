@@ -12,7 +12,8 @@ element (Softmax/LayerNorm read their input several times); data movement ops: z
 Symbolic dims are bound from `bindings`; a dim that is an expression of symbols (e.g.
 "past_sequence_length + sequence_length", as ONNX Runtime's symbolic inference writes it) is
 evaluated with them; anything unbound counts as 1, so a number is always returned and the
-caller states the assumption.
+caller states the assumption. A value whose rank shape inference could not find takes the
+shape of its producer's largest input (see `dims`), never zero.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 
 from compiler.ir import Graph, Node, Value
 
-__all__ = ["node_flops", "graph_flops", "dims", "numel", "bind_dim"]
+__all__ = ["node_flops", "graph_flops", "dims", "numel", "bind_dim", "shape_gaps"]
 
 _ELEMENTWISE_COST = {
     "Add": 1, "Sub": 1, "Mul": 1, "Div": 1, "Relu": 1, "Sigmoid": 4, "Tanh": 4, "Erf": 4,
@@ -67,12 +68,28 @@ def bind_dim(d: int | str | None, bind: Mapping[str, int]) -> int:
     return 1
 
 
-def dims(v: Value | None, bind: Mapping[str, int] | None = None) -> list[int] | None:
-    """The shape of `v` with symbolic dims bound (None when the rank is unknown)."""
-    if v is None or v.shape is None:
+def dims(v: Value | None, bind: Mapping[str, int] | None = None,
+         _depth: int = 8) -> list[int] | None:
+    """The shape of `v` with symbolic dims bound. Where shape inference left the rank unknown,
+    the shape of the producer's largest input (an elementwise guess, so that no node is costed
+    as free; `shape_gaps` lets the caller say so); None when nothing upstream is known."""
+    if v is None:
         return None
     b = bind or {}
-    return [bind_dim(d, b) for d in v.shape]
+    if v.shape is not None:
+        return [bind_dim(d, b) for d in v.shape]
+    if v.producer is None or _depth <= 0:
+        return None
+    known = [d for d in (dims(x, b, _depth - 1) for x in v.producer.inputs if x is not None)
+             if d is not None]
+    return max(known, key=_prod) if known else None
+
+
+def shape_gaps(graph: Graph, skip: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Outputs (of nodes whose op is not in `skip`) whose rank or some dim stayed unknown."""
+    return [o.name for n in graph.all_nodes() if n.op_type not in skip for o in n.outputs[:1]
+            if o.name and o.type_proto is None
+            and (o.shape is None or any(d is None for d in o.shape))]
 
 
 _dims = dims  # the old private name

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from compiler.cost.flops import shape_gaps
 from compiler.cost.kernels import (
     COMPUTE_CLASSES,
     CONV_CLASSES,
@@ -265,6 +266,14 @@ def predict(graph: Graph, config: Mapping[str, Any] | None, profile, *,
     unc = params.uncertainty + (0.1 if any("simulated" in a for a in notes) else 0.0)
     if bind:
         notes.append(f"symbolic dims bound: {bind}; others = 1")
+    gaps = shape_gaps(graph, FREE_OPS)
+    if gaps:  # costed from a guess (flops.dims): say so, and trust the number less
+        costed = sum(1 for n in graph.all_nodes() if n.op_type not in FREE_OPS)
+        share = min(0.5, len(gaps) / max(1, costed))
+        unc += 0.1 + share
+        notes.append(f"shapes unknown after inference for {len(gaps)} node outputs (e.g. "
+                     f"{', '.join(gaps[:3])}): unknown ranks costed as the producer's largest "
+                     f"input, unknown dims as 1; uncertainty widened by {0.1 + share:.0%}")
     rows = [{"kernel": k.name, "ops": list(k.ops), "class": k.op_class, "precision": k.precision,
              "flops": k.flops, "bytes": k.bytes, "ms": round(t * 1e3, 5), "bound": b}
             for k, (t, b) in zip(ks, per)]
