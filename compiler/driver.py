@@ -178,6 +178,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     if precision is not None and precision not in PRECISIONS:
         raise ConstraintError(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    _check_precision(profile, precision)
     if backend is None or (precision is None and (calibration is not None or budget)):
         search_result = _search(graph, profile, backend, precision, constraints, shapes,
                                 calibration is not None)
@@ -190,12 +191,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             if backend == "onnxruntime":
                 options.setdefault("graph_optimization_level", "basic")
     precision = precision or "fp32"
-    supported = set(profile.precisions) | (
-        {"mixed"} if {"int8", "fp16"} & set(profile.precisions) else set())
-    if precision not in supported:
-        raise ConstraintError(
-            f"{profile.name} does not support {precision}; it supports "
-            f"{', '.join(profile.precisions)}")
+    _check_precision(profile, precision)
     be, why = get_backend(backend), "chosen by the user"
     if search_result is not None:
         why = (f"chosen by the cost-model search (objective: {search_result.objective}; "
@@ -221,7 +217,9 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
         pm.run(graph, ctx)
         records.extend(pm.summary())
     config = BuildConfig(precision=precision, options=options, shapes=shapes,
-                         allow_fallback=bool((constraints or {}).get("allow_fallback", True)))
+                         allow_fallback=bool((constraints or {}).get("allow_fallback", True)),
+                         samples=tuple(list(calibration or ())[:4])
+                         if isinstance(calibration, (list, tuple)) else ())
     report = be.legality(graph, profile, config)
     report.check(config.allow_fallback)
     prediction = _predict(graph, be.name, precision, records, config, profile, shapes)
@@ -230,6 +228,9 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     try:
         files = be.emit(graph, profile, config, str(stage))
         files += be.build(str(stage), profile, config)
+        built = be.predicted(str(stage))
+        if built:
+            prediction.assumptions.append(built.pop("source"))
         _write_readme(stage, profile, be, files)
         manifest: dict[str, Any] = {
             "source": {"sha256": source.sha256, "path": source.path,
@@ -246,7 +247,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             "passes": records,
             "precision": precision_report,
             "opset": describe_opset(source_opset, graph.opset_imports.get(""), precision),
-            "predicted": prediction.summary(),
+            "predicted": {**prediction.summary(), **(built or {})},
             "prediction_assumptions": prediction.assumptions,
             "search": search_result.to_dict() if search_result is not None else None,
             "versions": _versions(be),
@@ -271,6 +272,15 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _check_precision(profile, precision: str | None) -> None:
+    supported = set(profile.precisions) | (
+        {"mixed"} if {"int8", "fp16"} & set(profile.precisions) else set())
+    if precision is not None and precision not in supported:
+        raise ConstraintError(
+            f"{profile.name} does not support {precision}; it supports "
+            f"{', '.join(profile.precisions)}")
 
 
 def _calibration(calibration: Any, graph: Graph) -> Any:
@@ -323,6 +333,11 @@ def _search(graph: Graph, profile, backend: str | None, precision: str | None, c
         precisions = [p for p in profile.precisions if p not in ("int8", "mixed")]
     else:
         precisions = ["fp32"]
+    if not set(precisions or profile.precisions) & set(profile.precisions):
+        raise ConstraintError(
+            f"{profile.name} computes {', '.join(profile.precisions)} only and no precision was "
+            f"chosen: pass precision='{profile.precisions[0]}' (CLI: --precision "
+            f"{profile.precisions[0]}) with calibration data (--calib)")
     return search(graph, profile, objective=objective, constraints=cons,
                   bindings=bindings_from_shapes(graph, shapes),
                   backends=[backend] if backend else None, precisions=precisions)

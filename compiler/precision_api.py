@@ -52,6 +52,7 @@ from compiler.ir import Graph, Node
 from passes import quantize as qz
 from passes.bias_correction import input_mean_axis
 from passes.calibration import CalibrationResult, collect
+from passes.integer_only import activation_values, quantize_all_activations
 from passes.opset_policy import ensure_precision_opset
 from passes.precision import (
     RooflineProxy,
@@ -316,6 +317,10 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     tensors = []
     for n in cands:
         tensors += [n.inputs[i].name for i in qz.activation_inputs(n)] + [n.outputs[0].name]
+    # a device without float units holds every activation in int8 (passes.integer_only)
+    int8_only = "fp32" not in profile.precisions and "fp16" not in profile.precisions
+    if int8_only:
+        tensors = list(dict.fromkeys(tensors + [v.name for v in activation_values(graph)]))
     method = opts["calibration_method"]
     kw = {"percentile": float(opts["percentile"])} if method == "percentile" else {}
     key_of = {n.name: _mean_key(n) for n in cands} if opts["bias_correction"] else {}
@@ -333,7 +338,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         calib = collect(graph, tensors, samples, method, keep=int(opts["sensitivity_samples"]),
                         means=mean_keys, **kw)
     unit = profile.main_unit
-    act_dtype = qz.T.INT8 if be == "tensorrt" else qz.T.UINT8
+    act_dtype = qz.T.INT8 if be == "tensorrt" or int8_only else qz.T.UINT8
     # 7-bit weights on an x86 CPU without VNNI: its int8 dot product (vpmaddubsw) sums u8*s8
     # pairs into int16 and saturates with full-range weights, whichever runtime calls it (ONNX
     # Runtime's MLAS does; a graph lowered for such a device must be safe in every runtime
@@ -378,6 +383,8 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
             for n in [x for x in g if x.name in set(infos) - int8]:
                 qz.lower_float(g, n, fprec)
             qz.fold_cast_pairs(g)
+        if int8_only:
+            quantize_all_activations(g, calib.ranges, act_dtype)
         return qparams, requantized, out_requantized
 
     times, whys = {}, {}
@@ -387,7 +394,6 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         times[name], whys[name] = (tf, ti), why
     gains = {k: t[0] - t[1] for k, t in times.items()}
     keep_float = set(opts.get("keep_float") or ())
-    int8_only = "fp32" not in profile.precisions and "fp16" not in profile.precisions
     sens: dict[str, Sensitivity] = {}
     checks: list = []
     order: list[str] = []

@@ -46,6 +46,8 @@ class BuildConfig:
     options: dict[str, Any] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     allow_fallback: bool = True
+    #: a few calibration feeds, for backends that check their build on real inputs (not saved)
+    samples: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -130,6 +132,11 @@ class Backend(ABC):
         """Compile what `emit` wrote (default: nothing to build). Returns new files."""
         return []
 
+    def predicted(self, out_dir: str) -> dict[str, Any] | None:
+        """A prediction the backend's own compiler made while building (Vela's cycle
+        estimate), replacing the cost model's latency; None when it has none."""
+        return None
+
     def can_run(self, profile: DeviceProfile) -> bool:
         """Whether this machine can execute the built artifact for `profile`."""
         return False
@@ -156,6 +163,7 @@ _BUILTIN: dict[str, str] = {
     "openvino": "targets.openvino:OpenVinoBackend",
     "tvm": "targets.tvm:TvmBackend",
     "tensorrt": "targets.tensorrt:TensorRtBackend",
+    "tosa": "targets.tosa:TosaBackend",
 }
 _REGISTRY: dict[str, type[Backend]] = {}
 
