@@ -34,37 +34,27 @@ from typing import Any
 import numpy as np
 
 from compiler.errors import UnsupportedOpError
-from compiler.ir import Graph, Node, Value, constant_value
+from compiler.ir import Graph, Node
+from targets.tosa_legality import (
+    NCHW,
+    NHWC,
+    TABLE_OPS,
+    Caps,
+    act_source,
+    caps_for,
+    check,
+    compute_nodes,
+    float_const,
+    int8_weight,
+    only_reader,
+    out_q,
+    qdq_params,
+    static_shapes,
+)
 from targets.tosa_ref import quantize_multiplier
 
 __all__ = ["Caps", "IntProgram", "Port", "TOp", "TTensor", "caps_for", "check", "lower",
            "compute_nodes", "static_shapes"]
-
-_NHWC = (0, 2, 3, 1)  # ONNX NCHW axes in NHWC order
-_NCHW = (0, 3, 1, 2)
-_TABLE_OPS = frozenset({"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu"})
-_LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
-LOWERED = frozenset({"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip",
-                     "MaxPool", "AveragePool", "GlobalAveragePool", "Concat"}) | _TABLE_OPS | \
-    _LAYOUT_OPS
-
-
-@dataclass(frozen=True)
-class Caps:
-    """What the chosen Ethos-U accepts (Vela's TOSA checks; U55/U65 are the `u55` subset)."""
-
-    accelerator: str
-    matmul: bool  # TOSA MATMUL of two activations (U85)
-    transpose: bool  # general TRANSPOSE (U85)
-    max_stride: int = 3
-    max_dilation: int = 2
-    max_kernel_area: int = 4096
-    max_dim: int = 65535
-
-
-def caps_for(accelerator: str) -> Caps:
-    u85 = "u85" in accelerator
-    return Caps(accelerator, matmul=u85, transpose=u85)
 
 
 @dataclass
@@ -99,10 +89,10 @@ class Port:
     def quantize(self, x: np.ndarray) -> np.ndarray:
         q = np.clip(np.round(np.asarray(x, np.float32) / np.float32(self.scale)) +
                     self.zero_point, -128, 127).astype(np.int8)
-        return np.ascontiguousarray(q.transpose(_NHWC)) if self.nhwc else q
+        return np.ascontiguousarray(q.transpose(NHWC)) if self.nhwc else q
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        q = q.transpose(_NCHW) if self.nhwc else q
+        q = q.transpose(NCHW) if self.nhwc else q
         return ((q.astype(np.float32) - self.zero_point) * np.float32(self.scale)).astype(
             np.float32)
 
@@ -137,211 +127,7 @@ class _Q:
 
     @property
     def tshape(self) -> tuple[int, ...]:
-        return tuple(self.shape[i] for i in _NHWC) if self.nhwc else self.shape
-
-
-# ------------------------------------------------------------------------------------------
-# reading the Q/DQ graph
-def _qdq_params(node: Node) -> tuple[float, int] | None:
-    s, z = constant_value(node.inputs[1]), constant_value(node.inputs[2]) \
-        if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    if s is None or np.size(s) != 1:
-        return None
-    return float(np.asarray(s).ravel()[0]), int(np.asarray(z).ravel()[0]) if z is not None \
-        else 0
-
-
-def _act_source(v: Value | None) -> tuple[Value, float, int] | None:
-    """For a DQ output: (the int8 value it reads, scale, zero point); None if not int8 DQ."""
-    p = v.producer if v is not None else None
-    if p is None or p.op_type != "DequantizeLinear" or constant_value(p.inputs[0]) is not None:
-        return None
-    prm = _qdq_params(p)
-    q = p.inputs[0].producer
-    if prm is None or q is None or q.op_type != "QuantizeLinear":
-        return None
-    if p.inputs[0].dtype not in (3, None):  # onnx INT8
-        return None
-    return p.inputs[0], prm[0], prm[1]
-
-
-def _out_q(node: Node) -> Node | None:
-    """The QuantizeLinear reading `node`'s first result (int8, per tensor)."""
-    for c in node.outputs[0].consumers():
-        if c.op_type == "QuantizeLinear" and _qdq_params(c) is not None and \
-                c.outputs[0].dtype in (3, None):
-            return c
-    return None
-
-
-def _only_reader(q: Node, op_types: tuple[str, ...]) -> Node | None:
-    """The single DQ -> op reader of Q `q` when op is in `op_types` (for activation fusion)."""
-    dqs = q.outputs[0].consumers()
-    if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear" or \
-            dqs[0].outputs[0].is_graph_output():
-        return None
-    users = dqs[0].outputs[0].consumers()
-    if len(users) == 1 and users[0].op_type in op_types and _out_q(users[0]) is not None:
-        return users[0]
-    return None
-
-
-def _weight(v: Value | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(int8 weight, per-channel scales) of DQ(const int8, zero point 0)."""
-    p = v.producer if v is not None else None
-    if p is None or p.op_type != "DequantizeLinear":
-        return None
-    q, s = constant_value(p.inputs[0]), constant_value(p.inputs[1])
-    z = constant_value(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] is not None else None
-    if q is None or s is None or q.dtype != np.int8 or (z is not None and np.any(z != 0)):
-        return None
-    return q, np.asarray(s, np.float64).ravel()
-
-
-def _float_const(v: Value | None) -> np.ndarray | None:
-    """A constant float tensor, read through DQ(const) when quantized."""
-    if v is None:
-        return None
-    c = constant_value(v)
-    if c is not None:
-        return np.asarray(c, np.float64)
-    p = v.producer
-    if p is not None and p.op_type == "DequantizeLinear":
-        q, s = constant_value(p.inputs[0]), constant_value(p.inputs[1])
-        z = constant_value(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] is not None else 0
-        if q is not None and s is not None:
-            axis = p.attr("axis", 1)
-            s = np.asarray(s, np.float64)
-            z = np.asarray(z, np.float64)
-            if s.ndim == 1 and q.ndim > 1:
-                shape = [1] * q.ndim
-                shape[axis] = -1
-                s, z = s.reshape(shape), z.reshape(shape) if z.ndim == 1 else z
-            return (q.astype(np.float64) - z) * s
-    return None
-
-
-def compute_nodes(graph: Graph) -> list[Node]:
-    """The nodes that do work (not Q/DQ, not constant producers)."""
-    out = []
-    for n in graph:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
-            continue
-        out.append(n)
-    return out
-
-
-def _static(v: Value) -> tuple[int, ...] | None:
-    s = v.shape
-    if s is None or not all(isinstance(d, int) and d > 0 for d in s):
-        return None
-    return tuple(s)
-
-
-# ------------------------------------------------------------------------------------------
-# legality
-def check(node: Node, caps: Caps, shapes: dict[str, tuple[int, ...]],
-          quantized: bool = True) -> str | None:
-    """Why `node` cannot run on the NPU (None: it can). `shapes`: static ONNX shapes.
-    `quantized` False: a float graph before the int8 lowering (the search asks then): the
-    op-level limits only, the Q/DQ form is the precision pass's job."""
-    op = node.op_type
-    if node.domain:
-        return f"custom-domain op {node.domain}::{op} has no TOSA lowering"
-    if op not in LOWERED:
-        if op == "Softmax":
-            return ("Softmax: Vela's TOSA input has no SOFTMAX and edgec does not decompose it "
-                    "into TABLE/REDUCE ops yet")
-        return f"{op} has no TOSA INT lowering in edgec"
-    acts = [v for v in node.inputs if v is not None and _float_const(v) is None
-            and constant_value(v) is None]
-    if op in _LAYOUT_OPS or op == "Concat":
-        acts = acts[:len(acts) if op == "Concat" else 1]
-    for v in acts if quantized else ():
-        if _act_source(v) is None:
-            return (f"input {v.name!r} is not int8-quantized (no Q/DQ): the NPU computes "
-                    "integers only")
-    if quantized and _out_q(node) is None:
-        return (f"result {node.outputs[0].name!r} is not int8-quantized (no Q after it): the "
-                "NPU computes integers only")
-    for v in acts + [node.outputs[0]]:
-        s = shapes.get(v.name)
-        if s is None:
-            return f"tensor {v.name!r} has no static shape; pass shapes= for the inputs"
-        if len(s) > 4:
-            return f"tensor {v.name!r} has rank {len(s)}; Ethos-U takes at most 4-D tensors"
-        if s and len(s) >= 3 and s[0] != 1:
-            return f"batch {s[0]} in {v.name!r}: Ethos-U runs batch 1"
-        if any(d > caps.max_dim for d in s):
-            return f"a dim of {v.name!r} {s} exceeds {caps.max_dim}"
-    weight = _weight if quantized else _float_const
-    if op == "Conv":
-        return _check_conv(node, caps, shapes, weight)
-    if op in ("Gemm", "MatMul"):
-        if weight(node.inputs[1]) is None:
-            if op == "MatMul" and (_act_source(node.inputs[1]) is not None or not quantized):
-                if not caps.matmul:
-                    return (f"MatMul of two activations needs TOSA MATMUL, which "
-                            f"{caps.accelerator} lacks (Ethos-U85 only)")
-                return None
-            return f"{op} weight is not a constant int8 tensor with zero point 0"
-        if op == "Gemm" and (node.attr("transA", 0) or node.attr("alpha", 1.0) != 1.0 or
-                             node.attr("beta", 1.0) != 1.0):
-            return "Gemm with transA or alpha/beta != 1 has no lowering"
-    if op in ("Add", "Sub"):
-        if len(acts) == 1:
-            c = _float_const(node.inputs[1])
-            if c is None or node.inputs[0] is not acts[0]:
-                return f"{op} of a constant minus an activation has no lowering"
-            if c.ndim > len(shapes[acts[0].name]):
-                return f"{op} constant of rank {c.ndim} broadcasts beyond the activation"
-            return None
-        a, b = (shapes[v.name] for v in acts)
-        if a != b:
-            return f"{op} with broadcasting ({a} vs {b}) has no lowering"
-    if op in ("Mul", "Div"):
-        c = _float_const(node.inputs[1])
-        if len(acts) != 1 or c is None or c.size != 1 or float(c.ravel()[0]) <= 0:
-            return (f"{op} is lowered only by a positive scalar constant (a rescale); this one "
-                    "multiplies activations or by a tensor/negative constant")
-    if op in ("MaxPool", "AveragePool"):
-        if node.attr("ceil_mode", 0) or any(d != 1 for d in node.attr("dilations", [1, 1])):
-            return f"{op} with ceil_mode or dilation has no TOSA lowering"
-        if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            return f"{op} auto_pad {node.attr('auto_pad')} is not lowered (give explicit pads)"
-        if op == "AveragePool" and node.attr("count_include_pad", 0) and \
-                any(node.attr("pads", [0] * 4)):
-            return "AveragePool with count_include_pad=1 and padding differs from AVG_POOL2D"
-    if op == "Transpose" and not caps.transpose and len(shapes[acts[0].name]) > 2:
-        return (f"Transpose of a {len(shapes[acts[0].name])}-D tensor: {caps.accelerator} "
-                "has no general TRANSPOSE (Ethos-U85 only)")
-    return None
-
-
-def _check_conv(node: Node, caps: Caps, shapes, weight) -> str | None:
-    w = weight(node.inputs[1])
-    if w is None:
-        return "Conv weight is not a constant int8 tensor with zero point 0 (per-channel)"
-    q = w[0] if isinstance(w, tuple) else w
-    if q.ndim != 4:
-        return f"Conv with a {q.ndim - 2}-D kernel: only 2-D convolutions are lowered"
-    g = node.attr("group", 1)
-    cin = shapes[node.inputs[0].name][1]
-    if g != 1 and not (g == cin and q.shape[1] == 1):
-        return f"grouped Conv (group={g}, not depthwise) has no TOSA lowering"
-    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return f"Conv auto_pad {node.attr('auto_pad')} is not lowered (give explicit pads)"
-    st, dil = node.attr("strides", [1, 1]), node.attr("dilations", [1, 1])
-    if max(st) > caps.max_stride:
-        return f"Conv stride {st} > {caps.max_stride} (Ethos-U limit)"
-    if max(dil) > caps.max_dilation:
-        return f"Conv dilation {dil} > {caps.max_dilation} (Ethos-U limit)"
-    kh, kw = q.shape[2:]
-    if kh * kw > caps.max_kernel_area:
-        return f"Conv kernel {kh}x{kw} exceeds {caps.max_kernel_area} elements (Ethos-U limit)"
-    if (kh - 1) * dil[0] + 1 > 64:
-        return f"Conv dilated kernel height {(kh - 1) * dil[0] + 1} > 64 (Ethos-U limit)"
-    return None
+        return tuple(self.shape[i] for i in NHWC) if self.nhwc else self.shape
 
 
 # ------------------------------------------------------------------------------------------
@@ -383,6 +169,13 @@ class _Builder:
                                    self.zp(out_zp, out_dt)], shape, out_dt, out=out_dt,
                        per_channel=scales.size > 1)
 
+    def clamp(self, x: str, shape, act: Node | None, scale: float, zp: int) -> str:
+        """CLAMP for a fused Relu/Clip `act` (nothing when it clips no int8 value)."""
+        lo, hi = _clamp_bounds(act, scale, zp)
+        if (lo, hi) == (-128, 127):
+            return x
+        return self.op("CLAMP", [x], shape, "int8", min=lo, max=hi)
+
     def requant(self, a: _Q, scale: float, zp: int) -> str:
         """`a` at (scale, zp): no op when equal."""
         if np.float32(a.scale) == np.float32(scale) and a.zp == zp:
@@ -392,7 +185,7 @@ class _Builder:
     def to_layout(self, a: _Q, tensor: str, want_nhwc: bool) -> tuple[str, tuple[int, ...]]:
         """`tensor` (holding `a`) in ONNX order (want_nhwc False) for reshapes."""
         if a.nhwc and not want_nhwc and any(d != 1 for d in a.shape[2:]):
-            return self.op("TRANSPOSE", [tensor], a.shape, "int8", perms=list(_NCHW)), a.shape
+            return self.op("TRANSPOSE", [tensor], a.shape, "int8", perms=list(NCHW)), a.shape
         if a.nhwc and not want_nhwc:  # [N, C, 1, 1] is the same memory as [N, 1, 1, C]
             return self.op("RESHAPE", [tensor], a.shape, "int8", shape=list(a.shape)), a.shape
         return tensor, a.tshape
@@ -414,8 +207,8 @@ def _clamp_bounds(act: Node | None, scale: float, zp: int) -> tuple[int, int]:
         return lo, hi
     if act.op_type == "Relu":
         return max(lo, zp), hi
-    mn = _float_const(act.inputs[1]) if len(act.inputs) > 1 else None
-    mx = _float_const(act.inputs[2]) if len(act.inputs) > 2 else None
+    mn = float_const(act.inputs[1]) if len(act.inputs) > 1 else None
+    mx = float_const(act.inputs[2]) if len(act.inputs) > 2 else None
     mn = float(mn) if mn is not None else act.attr("min", None)
     mx = float(mx) if mx is not None else act.attr("max", None)
     if mn is not None:
@@ -454,7 +247,7 @@ def lower(graph: Graph, nodes: list[Node], caps: Caps,
         b.src = node.name
         ins: list[_Q] = []
         for v in node.inputs:
-            src = _act_source(v)
+            src = act_source(v)
             if src is None:
                 continue
             qv, s, z = src
@@ -467,13 +260,13 @@ def lower(graph: Graph, nodes: list[Node], caps: Caps,
                 b.p.ports_in.append(Port(qa.tensor, x.name, s, z, qa.nhwc, shape))
                 b.q[qv.name] = qa
             ins.append(b.q[qv.name])
-        q = _out_q(node)
-        act = _only_reader(q, ("Relu", "Clip")) if node.op_type in ("Conv", "Gemm", "MatMul",
+        q = out_q(node)
+        act = only_reader(q, ("Relu", "Clip")) if node.op_type in ("Conv", "Gemm", "MatMul",
                                                                     "Add", "Sub") else None
         if act is not None and id(act) not in inside:
             act = None
-        final_q = _out_q(act) if act is not None else q
-        s_y, z_y = _qdq_params(final_q)
+        final_q = out_q(act) if act is not None else q
+        s_y, z_y = qdq_params(final_q)
         y_shape = shapes[node.outputs[0].name]
         out = _lower_one(b, node, ins, s_y, z_y, y_shape, act)
         if act is not None:
@@ -502,8 +295,8 @@ def lower(graph: Graph, nodes: list[Node], caps: Caps,
 
 
 def _conv_like(b: _Builder, node: Node, a: _Q, s_y, z_y, y_shape, act) -> str:
-    q, ws = _weight(node.inputs[1])
-    bias_f = _float_const(node.inputs[2]) if len(node.inputs) > 2 else None
+    q, ws = int8_weight(node.inputs[1])
+    bias_f = float_const(node.inputs[2]) if len(node.inputs) > 2 else None
     if node.op_type == "Conv":
         m = q.shape[0]
         ws = np.broadcast_to(ws, (m,))
@@ -518,7 +311,7 @@ def _conv_like(b: _Builder, node: Node, a: _Q, s_y, z_y, y_shape, act) -> str:
             w = q.reshape(c, m // c, *q.shape[2:]).transpose(2, 3, 0, 1)
         else:
             w = q.transpose(0, 2, 3, 1)
-        x, y_t = a.tensor, tuple(y_shape[i] for i in _NHWC)
+        x, y_t = a.tensor, tuple(y_shape[i] for i in NHWC)
         kind = "DEPTHWISE_CONV2D" if depthwise else "CONV2D"
     else:  # FC as a 1x1 conv on [1, 1, rows, K]
         w2 = q if (node.op_type == "Gemm" and node.attr("transB", 0)) else q.T
@@ -536,10 +329,7 @@ def _conv_like(b: _Builder, node: Node, a: _Q, s_y, z_y, y_shape, act) -> str:
         np.broadcast_to(bias_f.ravel(), (m,)) / acc_scale).astype(np.int64)
     acc = b.op(kind, [x, b.const(w, "int8", "weight"), b.const(bias, "int32", "bias"),
                       b.zp(a.zp), b.zp(0)], y_t, "int32", **attrs)
-    r = b.rescale(acc, y_t, acc_scale / s_y, 0, z_y, "int32")
-    lo, hi = _clamp_bounds(act, s_y, z_y)
-    if (lo, hi) != (-128, 127):
-        r = b.op("CLAMP", [r], y_t, "int8", min=lo, max=hi)
+    r = b.clamp(b.rescale(acc, y_t, acc_scale / s_y, 0, z_y, "int32"), y_t, act, s_y, z_y)
     if node.op_type != "Conv":
         r = b.op("RESHAPE", [r], y_shape, "int8", shape=list(y_shape))
     return r
@@ -549,7 +339,7 @@ def _lower_one(b: _Builder, node: Node, ins: list[_Q], s_y: float, z_y: int,
                y_shape: tuple[int, ...], act: Node | None) -> str:
     op = node.op_type
     y = _Q("", s_y, z_y, y_shape)
-    if op == "Conv" or (op in ("Gemm", "MatMul") and _weight(node.inputs[1]) is not None):
+    if op == "Conv" or (op in ("Gemm", "MatMul") and int8_weight(node.inputs[1]) is not None):
         return _conv_like(b, node, ins[0], s_y, z_y, y_shape, act)
     if op == "MatMul":  # two activations, [.., M, K] x [.., K, N] -> MATMUL on [B, M, K]
         a, c = ins
@@ -563,41 +353,31 @@ def _lower_one(b: _Builder, node: Node, ins: list[_Q], s_y: float, z_y: int,
         r = b.rescale(acc, (bt, sa[-2], sc[-1]), a.scale * c.scale / s_y, 0, z_y, "int32")
         return b.op("RESHAPE", [r], y.tshape, "int8", shape=list(y.tshape))
     if op in ("Mul", "Div"):
-        k = float(_float_const(node.inputs[1]).ravel()[0])
+        k = float(float_const(node.inputs[1]).ravel()[0])
         k = k if op == "Mul" else 1.0 / k
         return b.rescale(ins[0].tensor, ins[0].tshape, ins[0].scale * k / s_y, ins[0].zp, z_y)
-    if op in ("Add", "Sub") and len(ins) == 1:  # activation +- constant, in int32
+    if op in ("Add", "Sub"):  # both sides in int32 at a common scale (a constant too)
         a = ins[0]
-        cf = _float_const(node.inputs[1])
-        common = max(2 * a.scale / (1 << 20), float(np.max(np.abs(cf), initial=0)) / (1 << 30))
-        cf = cf.reshape((1,) * (len(a.shape) - cf.ndim) + cf.shape)
-        if a.nhwc:
-            cf = cf.transpose(_NHWC)
+        cf = float_const(node.inputs[1]) if len(ins) == 1 else None
+        if cf is None:
+            common = 2 * max(a.scale, ins[1].scale) / (1 << 20)
+            xc = b.rescale(ins[1].tensor, ins[1].tshape, ins[1].scale / common, ins[1].zp, 0,
+                           "int8", "int32")
+        else:
+            common = max(2 * a.scale / (1 << 20), float(np.max(np.abs(cf), initial=0)) / 2**30)
+            cf = cf.reshape((1,) * (len(a.shape) - cf.ndim) + cf.shape)
+            cf = cf.transpose(NHWC) if a.nhwc else cf
+            xc = b.const(np.round(cf / common).astype(np.int64), "int32", "addend")
         xa = b.rescale(a.tensor, a.tshape, a.scale / common, a.zp, 0, "int8", "int32")
-        ci = b.const(np.round(cf / common).astype(np.int64), "int32", "addend")
-        acc = b.op(op.upper(), [xa, ci], a.tshape, "int32")
-        r = b.rescale(acc, a.tshape, common / s_y, 0, z_y, "int32")
-        lo, hi = _clamp_bounds(act, s_y, z_y)
-        if (lo, hi) != (-128, 127):
-            r = b.op("CLAMP", [r], a.tshape, "int8", min=lo, max=hi)
-        return r
-    if op in ("Add", "Sub"):
-        a, c = ins
-        common = 2 * max(a.scale, c.scale) / (1 << 20)
-        xa = b.rescale(a.tensor, a.tshape, a.scale / common, a.zp, 0, "int8", "int32")
-        xc = b.rescale(c.tensor, c.tshape, c.scale / common, c.zp, 0, "int8", "int32")
         acc = b.op(op.upper(), [xa, xc], a.tshape, "int32")
         r = b.rescale(acc, a.tshape, common / s_y, 0, z_y, "int32")
-        lo, hi = _clamp_bounds(act, s_y, z_y)
-        if (lo, hi) != (-128, 127):
-            r = b.op("CLAMP", [r], a.tshape, "int8", min=lo, max=hi)
-        return r
+        return b.clamp(r, a.tshape, act, s_y, z_y)
     a = ins[0]
     if op in ("Relu", "Clip"):
         r = b.requant(a, s_y, z_y)
         lo, hi = _clamp_bounds(node, s_y, z_y)
         return b.op("CLAMP", [r], y.tshape, "int8", min=lo, max=hi)
-    if op in _TABLE_OPS:
+    if op in TABLE_OPS:
         return b.op("TABLE", [a.tensor, b.const(_table(node, a, s_y, z_y), "int8", "table")],
                     y.tshape, "int8")
     if op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
@@ -618,12 +398,12 @@ def _lower_one(b: _Builder, node: Node, ins: list[_Q], s_y: float, z_y: int,
     if op == "Concat":
         axis = node.attr("axis", 0) % len(y_shape)
         parts = [b.requant(x, s_y, z_y) for x in ins]
-        t_axis = _NHWC.index(axis) if y.nhwc else axis
+        t_axis = NHWC.index(axis) if y.nhwc else axis
         return b.op("CONCAT", parts, y.tshape, "int8", axis=t_axis)
     if op == "Transpose":
         perm = list(node.attr("perm", list(range(len(a.shape)))[::-1]))
-        inp = _NCHW if a.nhwc else tuple(range(len(a.shape)))
-        outp = _NHWC if y.nhwc else tuple(range(len(y_shape)))
+        inp = NCHW if a.nhwc else tuple(range(len(a.shape)))
+        outp = NHWC if y.nhwc else tuple(range(len(y_shape)))
         perms = [inp[perm[outp[m]]] for m in range(len(y_shape))]
         r = b.op("TRANSPOSE", [a.tensor], y.tshape, "int8", perms=perms)
         return b.requant(_Q(r, a.scale, a.zp, y_shape), s_y, z_y)
@@ -631,33 +411,8 @@ def _lower_one(b: _Builder, node: Node, ins: list[_Q], s_y: float, z_y: int,
     x, _ = b.to_layout(a, a.tensor, False)
     r = b.op("RESHAPE", [x], y_shape, "int8", shape=list(y_shape))
     if y.nhwc and any(d != 1 for d in y_shape[2:]):
-        r = b.op("TRANSPOSE", [r], y.tshape, "int8", perms=list(_NHWC))
+        r = b.op("TRANSPOSE", [r], y.tshape, "int8", perms=list(NHWC))
     elif y.nhwc:
         r = b.op("RESHAPE", [r], y.tshape, "int8", shape=list(y.tshape))
     return b.requant(_Q(r, a.scale, a.zp, y_shape), s_y, z_y)
 
-
-def static_shapes(graph: Graph, inputs: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """ONNX shape inference (with data propagation for Reshape targets) at the given static
-    input shapes: value name -> dims, for every value whose dims all come out known."""
-    import onnx
-
-    from compiler.onnx_io import export_onnx
-
-    model = export_onnx(graph)
-    for vi in model.graph.input:
-        if vi.name in inputs:
-            dims = vi.type.tensor_type.shape.dim
-            for d, n in zip(dims, inputs[vi.name]):
-                d.ClearField("dim_param")
-                d.dim_value = int(n)
-    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    out: dict[str, tuple[int, ...]] = {}
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
-            continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
-        if all(d > 0 for d in dims) or dims == ():
-            out[vi.name] = dims
-    return out
