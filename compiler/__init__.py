@@ -15,6 +15,7 @@ from compiler.driver import compile, load_graph, optimize
 from compiler.errors import CompileError
 from compiler.ir import Graph, Node, Tensor, Value
 from compiler.onnx_io import export_onnx, import_onnx
+from compiler.prune_api import prune
 
 __all__ = [
     "Artifact",
@@ -30,4 +31,5 @@ __all__ = [
     "load",
     "load_graph",
     "optimize",
+    "prune",
 ]

@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                    "on the calibration set (0.01 = 1%%)")
     c.add_argument("--min-sqnr-db", type=float,
                    help="budget for mixed precision: output SQNR vs FP32 (default 25 dB)")
+    c.add_argument("--prune", help="structured pruning: fraction of FLOPs to remove (0.3) or "
+                   "\"auto\"; with --calib: activation-aware and reconstructed")
     c.add_argument("--no-verify", action="store_true", help="skip the numeric check")
     c.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
@@ -101,7 +103,7 @@ def _compile(args) -> dict[str, Any]:
                   precision=args.precision, passes=passes, pipeline=args.pipeline,
                   out_dir=args.out, verify=not args.no_verify, shapes=dict(args.shape),
                   options=dict(args.option), calibration=args.calib,
-                  constraints=constraints or None)
+                  constraints=constraints or None, pruning=args.prune)
     m = art.manifest
     if not args.json:
         ver = m.get("verification") or {}
@@ -111,6 +113,10 @@ def _compile(args) -> dict[str, Any]:
         print(f"verification: {status}"
               + (f" (max abs error {ver['max_abs_error']:.3g}, cosine {ver['cosine']:.6f})"
                  if ver.get("passed") is not None else f" ({ver.get('skipped', '')})"))
+        if m.get("pruning"):
+            pr = m["pruning"]
+            print(f"pruning: {pr['flops_removed']:.1%} of FLOPs removed; vs unpruned: cosine "
+                  f"{pr['distance'].get('cosine', float('nan')):.4f}")
     return m
 
 

@@ -143,7 +143,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             verify: bool = True, example_inputs: Any = None,
             shapes: Mapping[str, Sequence[int]] | None = None, pipeline: str | None = None,
             options: Mapping[str, Any] | None = None,
-            metric: Callable[[Any, Any], float] | None = None) -> Artifact:
+            metric: Callable[[Any, Any], float] | None = None, pruning: Any = None) -> Artifact:
     """Compile `model` for the device `target` into a verified, deployable Artifact.
 
     `model`: a path, bytes, ModelProto, Graph or torch.nn.Module (with `example_inputs`).
@@ -151,6 +151,8 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     `options`: backend options (threads, tuning trials, DLA core, ...).
     `precision`: fp32 | fp16 | bf16 (whole graph) | int8 | mixed (per layer, from
     `calibration`: an iterable of feed dicts or a folder of .npy/.npz) | int4-weight.
+    `pruning`: a FLOPs fraction to remove, "auto" or a mapping (compiler.prune_api); the
+    pruned graph is the bundle's verification reference, manifest["pruning"] the report.
     `constraints`: {"max_accuracy_drop": 0.01} (with `metric(reference, outputs) -> loss`),
     {"min_sqnr_db": 25}, {"max_latency_ms": ..., "max_memory_mb": ..., "objective": ...}.
     Without `backend` (or with "auto") the cost-model search picks the backend, and the
@@ -207,6 +209,12 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     for pm in before:
         pm.run(graph, ctx)
         records.extend(pm.summary())
+    reference, pruning_report = source, None
+    if pruning is not None:  # on the simplified graph, before precision and fusion
+        from compiler.prune_api import apply_pruning
+
+        pruning_report, reference = apply_pruning(graph, source, profile, pruning, calibration,
+                                                  metric, shapes, constraints)
     if precision != "fp32" and after:
         pm = PassManager([get_pass("fusion", rule_sets=("conv_bn",))])
         pm.run(graph, ctx)
@@ -247,6 +255,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             "passes": records,
             "precision": precision_report,
             "opset": describe_opset(source_opset, graph.opset_imports.get(""), precision),
+            "pruning": pruning_report,
             "predicted": {**prediction.summary(), **(built or {})},
             "prediction_assumptions": prediction.assumptions,
             "search": search_result.to_dict() if search_result is not None else None,
@@ -254,7 +263,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
         }
         if verify:
             feeds = None if _is_torch_module(model) else verify_mod.first_feeds(example_inputs)
-            rep = _verify_bundle(source, be, stage, manifest, graph, profile, precision,
+            rep = _verify_bundle(reference, be, stage, manifest, graph, profile, precision,
                                  shapes, feeds or verify_mod.first_feeds(calibration))
             manifest["verification"] = rep.to_dict()
             if rep.passed is False:

@@ -124,7 +124,7 @@ def test_digits_cnn_recovers_accuracy_at_half_the_flops():
 
     d = trained.digits_data()
     path = trained.get("digits_cnn")
-    cal = trained.calibration_feeds(256, 32)
+    cal = trained.calibration_feeds(128, 32)
     accs = {}
     for rec in ("none", "lstsq"):
         g = compiler.optimize(str(path), "simplify")

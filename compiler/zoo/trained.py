@@ -12,7 +12,8 @@ scikit-learn (no download), upscaled bilinearly to `SIZE` x `SIZE`, in [0, 1]:
 Both are exported with `torch.onnx.export(dynamo=False, opset_version=17)`, input
 `pixel_values` [batch, 1, SIZE, SIZE] -> `logits` [batch, 10], and cached under
 `<repo>/.cache/trained/<name>-<key>/model.onnx` (key: builder version, torch version), written
-to a temporary folder renamed into place. The split is fixed: 1200 train, 597 held-out test.
+to a temporary folder renamed into place, with the torch state dict beside it (`torch_model`).
+The split is fixed: 1200 train, 597 held-out test.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NAMES", "SIZE", "accuracy", "calibration_feeds", "digits_data", "get"]
+__all__ = ["NAMES", "SIZE", "accuracy", "calibration_feeds", "digits_data", "get",
+           "torch_model"]
 
 NAMES = ("digits_cnn", "digits_vit")
 SIZE = 16
@@ -165,6 +167,7 @@ def get(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     model = _train(name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
+        torch.save(model.state_dict(), tmp / "state_dict.pt")  # for torch-side comparisons
         torch.onnx.export(model, (torch.zeros(1, 1, SIZE, SIZE),), str(tmp / "model.onnx"),
                           input_names=["pixel_values"], output_names=["logits"],
                           dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
@@ -177,6 +180,20 @@ def get(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def torch_model(name: str, cache_dir: str | os.PathLike | None = None):
+    """The trained torch.nn.Module behind `get(name)` (same weights), in eval mode."""
+    import torch
+
+    path = get(name, cache_dir).parent / "state_dict.pt"
+    model = _build(name)
+    if not path.exists():  # cached before state dicts were kept: train again (fixed seeds)
+        model = _train(name)
+        torch.save(model.state_dict(), path)
+        return model
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray, batch: int = 128) -> float:

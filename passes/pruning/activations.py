@@ -119,8 +119,8 @@ def _update(spec: _Spec, x: np.ndarray) -> None:
     st.sumsq += (moved * moved).sum(0)
     st.count += moved.shape[0]
     if spec.gram:
-        rows = layer_rows(spec.node, x)
-        rows = np.concatenate([rows, np.ones((rows.shape[0], 1))], axis=1)
-        g = rows.T @ rows
+        rows = layer_rows(spec.node, x.astype(np.float32))
+        rows = np.concatenate([rows, np.ones((rows.shape[0], 1), np.float32)], axis=1)
+        g = (rows.T @ rows).astype(np.float64)  # float32 products: the batch sums stay small
         st.gram = g if st.gram is None else st.gram + g
         st.rows += rows.shape[0]

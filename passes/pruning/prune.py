@@ -24,8 +24,8 @@ RECOVERY = ("none", "bias", "lstsq", "auto")
 
 def prune_graph(graph: Graph, ratio: float, *, calibration: Iterable[Mapping] | None = None,
                 importance: str | None = None, recovery: str | None = None, align: int = 1,
-                max_group_ratio: float = 0.8, bindings: dict[str, int] | None = None
-                ) -> dict[str, Any]:
+                max_group_ratio: float = 0.8, bindings: dict[str, int] | None = None,
+                node_cost: dict[str, float] | None = None) -> dict[str, Any]:
     """Prune `graph` in place; returns the report (see the module docstring).
 
     Defaults: with calibration data, `wifv` importance and per-layer `auto` recovery; without,
@@ -33,7 +33,7 @@ def prune_graph(graph: Graph, ratio: float, *, calibration: Iterable[Mapping] | 
     from passes.pruning.apply import apply_plan
     from passes.pruning.groups import analyze
     from passes.pruning.importance import scores
-    from passes.pruning.select import choose
+    from passes.pruning.select import FlopsModel, choose
     from passes.shape_inference import infer_shapes
 
     if not 0.0 <= float(ratio) < 1.0:
@@ -54,8 +54,9 @@ def prune_graph(graph: Graph, ratio: float, *, calibration: Iterable[Mapping] | 
     if not calibration:
         report["note"] = ("no calibration data: magnitude importance only, no reconstruction")
     sc = scores(analysis, importance, calibration)
+    cost = FlopsModel(analysis, bindings, node_cost) if node_cost is not None else None
     plan = choose(analysis, sc, float(ratio), align=align, max_group_ratio=max_group_ratio,
-                  bindings=bindings)
+                  bindings=bindings, flops=cost, per_cost=node_cost is not None)
     layers: list[dict[str, Any]] = []
     recover = None
     if recovery != "none" and plan.removed:

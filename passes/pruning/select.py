@@ -42,15 +42,18 @@ class Plan:
 
 
 class FlopsModel:
-    """Predicted FLOPs of the graph with some units removed."""
+    """Predicted FLOPs of the graph with some units removed; with `node_cost` (node name ->
+    cost, e.g. predicted ms) the same scaling applied to another per-node cost."""
 
-    def __init__(self, analysis: Analysis, bindings: dict[str, int] | None = None) -> None:
+    def __init__(self, analysis: Analysis, bindings: dict[str, int] | None = None,
+                 node_cost: dict[str, float] | None = None) -> None:
         self.analysis = analysis
         A = analysis.trace.atoms
         self.killers: dict[frozenset, list[set[int]]] = {}
         self.nodes: list[tuple[float, list[frozenset]]] = []
         for node in analysis.graph:
-            f = float(node_flops(node, bindings))
+            f = float(node_flops(node, bindings)) if node_cost is None else \
+                float(node_cost.get(node.name, 0.0))
             keys: list[frozenset] = []
             vals: list[Value] = [v for v in node.inputs if v is not None] + list(node.outputs)
             for v in vals:
@@ -79,7 +82,8 @@ def standardize(analysis: Analysis, scores: dict[int, float]) -> dict[int, float
     return out
 
 
-def _steps(analysis: Analysis, z: dict[int, float], max_ratio: float):
+def _steps(analysis: Analysis, z: dict[int, float], max_ratio: float,
+           per_cost: FlopsModel | None = None):
     steps = []
     for gi, g in enumerate(analysis.groups):
         if g.blocks:
@@ -94,17 +98,27 @@ def _steps(analysis: Analysis, z: dict[int, float], max_ratio: float):
             cap = min(len(order) - 1, int(max_ratio * len(order)))
             for k in range(cap):
                 steps.append((z[order[k]], gi, k, [order[k]]))
+    if per_cost is not None:  # ZipLM: least importance lost per unit of cost saved first
+        zmin = min((s[0] for s in steps), default=0.0)
+        full = per_cost(set())
+        saved: dict[int, float] = {}
+        for s in steps:  # cost saved per step, from the group's first step
+            if s[1] not in saved:
+                saved[s[1]] = max(full - per_cost(set(s[3])), 1e-12)
+        steps = [((sc - zmin + 1.0) / saved[gi], gi, k, units) for sc, gi, k, units in steps]
     steps.sort(key=lambda s: (s[0], s[1], s[2]))
     return steps
 
 
 def choose(analysis: Analysis, scores: dict[int, float], ratio: float, *, align: int = 1,
            max_group_ratio: float = 0.8, bindings: dict[str, int] | None = None,
-           flops: FlopsModel | None = None) -> Plan:
-    """Remove about `ratio` of the graph's FLOPs, weakest standardized units first."""
+           flops: FlopsModel | None = None, per_cost: bool = False) -> Plan:
+    """Remove about `ratio` of the graph's FLOPs (of `flops`' cost), weakest standardized
+    units first (with `per_cost`: weakest per cost saved, the step's first unit standing for
+    its group's per-unit saving)."""
     flops = flops or FlopsModel(analysis, bindings)
     z = standardize(analysis, scores)
-    steps = _steps(analysis, z, max_group_ratio)
+    steps = _steps(analysis, z, max_group_ratio, flops if per_cost else None)
     target = (1.0 - ratio) * flops.total
 
     def removed_after(m: int) -> set[int]:
