@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["io", "backends", "fusion", "precision", "cost", "npu"]
+ALL = ["io", "backends", "fusion", "precision", "cost", "npu", "pruning"]
 
 
 def main(argv: list[str]) -> int:
