@@ -55,14 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", "-b", help="backend (default, or \"auto\": the cost-model "
                    "search picks it; precision too, lossless fp32 unless --calib or "
                    "--max-accuracy-drop accepts a loss)")
-    c.add_argument("--precision", help="fp32 | fp16 | bf16 | int8 | mixed | int4-weight")
+    c.add_argument("--precision", help="fp32 | fp16 | bf16 | int8 | mixed | int4-weight | "
+                   "fixed (FPGA: per-layer ap_fixed)")
     c.add_argument("--pipeline", help="named pass pipeline (default: fusion)")
     c.add_argument("--passes", help="comma-separated pass names instead of a pipeline")
     c.add_argument("--shape", action="append", type=_shape, default=[],
                    help="static input shape, NAME=1x3x224x224 (repeatable)")
     c.add_argument("--option", action="append", type=_option, default=[],
                    help="backend option KEY=VALUE (repeatable)")
-    c.add_argument("--calib", help="folder of .npy/.npz calibration inputs (int8, mixed)")
+    c.add_argument("--calib", help="folder of .npy/.npz calibration inputs (int8, mixed, "
+                   "fixed)")
     c.add_argument("--max-accuracy-drop", type=float,
                    help="budget for mixed precision: top-1 predictions that may change vs FP32 "
                    "on the calibration set (0.01 = 1%%)")

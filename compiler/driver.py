@@ -35,7 +35,7 @@ from passes.opset_policy import describe as describe_opset
 __all__ = ["compile", "optimize", "load_graph"]
 
 log = logging.getLogger("edgec")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight", "fixed")
 
 
 class _Source:
@@ -239,6 +239,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
         built = be.predicted(str(stage))
         if built:
             prediction.assumptions.append(built.pop("source"))
+        extra = be.manifest_entries(str(stage))
         _write_readme(stage, profile, be, files)
         manifest: dict[str, Any] = {
             "source": {"sha256": source.sha256, "path": source.path,
@@ -260,6 +261,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             "prediction_assumptions": prediction.assumptions,
             "search": search_result.to_dict() if search_result is not None else None,
             "versions": _versions(be),
+            **extra,
         }
         if verify:
             feeds = None if _is_torch_module(model) else verify_mod.first_feeds(example_inputs)

@@ -65,7 +65,7 @@ from passes.sensitivity import Sensitivity, evaluate, layer_sensitivity
 
 __all__ = ["apply_precision", "PRECISIONS", "DEFAULTS", "top1_disagreement"]
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight", "fixed")
 DEFAULTS = {"min_sqnr_db": 25.0, "max_metric_loss": 0.01, "calibration_method": "percentile",
             "percentile": 99.999, "sensitivity_samples": 32, "int4_block_size": 32,
             "bias_correction": True, "sensitivity": True}
@@ -177,6 +177,10 @@ def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
         raise ConstraintError(
             f"precision {precision!r} needs calibration data to set activation ranges: pass "
             "calibration= (an iterable of input dicts) or --calib DIR (.npy/.npz files)")
+    if precision == "fixed":  # per-layer ap_fixed types for an FPGA dataflow design
+        from passes.fixed_point import assign_fixed_point
+
+        return assign_fixed_point(graph, _as_samples(calibration, graph), opts, metric)
     return _int8(graph, profile, be, precision, _as_samples(calibration, graph), opts, metric,
                  proxy or speed_proxy(graph, profile, be), cands, report)
 

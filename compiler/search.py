@@ -45,8 +45,8 @@ __all__ = ["Candidate", "SearchResult", "compiled_graph", "config_space", "lower
            "prepare_graph", "search"]
 
 OBJECTIVES = {"latency": "latency_ms", "energy": "energy_mj", "memory": "memory_mb"}
-POLICIES = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight")
-RISK = {"fp32": 0, "fp16": 1, "bf16": 1, "mixed": 2, "int8": 3, "int4-weight": 4}
+POLICIES = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight", "fixed")
+RISK = {"fp32": 0, "fp16": 1, "bf16": 1, "mixed": 2, "int8": 3, "int4-weight": 4, "fixed": 2}
 
 
 @dataclass

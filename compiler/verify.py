@@ -38,6 +38,7 @@ TOLERANCES = {
     "int8": Tolerance(0.25, 0.99),
     "mixed": Tolerance(0.25, 0.99),
     "int4-weight": Tolerance(0.3, 0.98),
+    "fixed": Tolerance(0.25, 0.99),  # per-layer ap_fixed (FPGA), against the FP32 original
 }
 
 

@@ -156,6 +156,11 @@ class Backend(ABC):
         """Versions of the SDKs this backend used, for the manifest."""
         return {}
 
+    def manifest_entries(self, out_dir: str) -> dict[str, Any]:
+        """Backend-specific sections for the manifest (e.g. an FPGA design's resources), read
+        from what emit/build wrote into `out_dir`."""
+        return {}
+
 
 # Built-in backends: name -> "module:Class", imported only when asked for.
 _BUILTIN: dict[str, str] = {
@@ -164,6 +169,7 @@ _BUILTIN: dict[str, str] = {
     "tvm": "targets.tvm:TvmBackend",
     "tensorrt": "targets.tensorrt:TensorRtBackend",
     "tosa": "targets.tosa:TosaBackend",
+    "hls": "targets.hls:HlsBackend",
 }
 _REGISTRY: dict[str, type[Backend]] = {}
 

@@ -310,6 +310,9 @@ _KV260 = DeviceProfile(
                 "programmable logic",
     aliases=("kv260", "kria"),
     compute_units=(ComputeUnit("fpga", "fpga", ops=HLS4ML_OPS, static_shapes=True, peak_ops={
+        "fixed": S(1248 * 2 * 200e6, "derived: 1248 DSP48E2 (vendor: Kria KV260 apps docs, "
+                                     "hw_arch_accel resource table) x 1 MAC x 2 ops x 200 MHz "
+                                     "(hls4ml 1.3.0 Vitis default clock_period=5 ns)"),
         "int8": S(1248 * 2 * 200e6, "derived: 1248 DSP48E2 (vendor: Kria KV260 apps docs, "
                                     "hw_arch_accel resource table) x 1 MAC x 2 ops x 200 MHz "
                                     "(hls4ml 1.3.0 Vitis default clock_period=5 ns)"),
@@ -322,12 +325,12 @@ _KV260 = DeviceProfile(
     memory_capacity=S(4 * GIB, "datasheet: Kria K26 SOM DS987 v1.1 (4 GB DDR4)"),
     power_modes=(PowerMode("default", S(7.9, "estimated: vendor, Kria KV260 NLP-SmartVision "
                                              "docs (K26 overall, DPU B3136 at 300 MHz)")),),
-    default_power_mode="default", backends=("hls",), precisions=("int8", "fp32"),
+    default_power_mode="default", backends=("hls",), precisions=("fixed",),
     static_shapes=True,
     constraints=(
-        "fp32 is not floating point on the fabric: hls4ml converts to fixed<16,6> by default "
-        "(hls4ml utils/config.py); outputs agree within fixed-point tolerance - "
-        "reference/npu-fpga-notes.md",
+        "no floating point on the fabric: precision 'fixed' gives every layer its own "
+        "ap_fixed<W,I> types from calibration data (passes/fixed_point.py; hls4ml's own "
+        "default would be fixed<16,6> everywhere, utils/config.py)",
         "standard Q/DQ must become QONNX Quant first (qonnx QCDQToQuant); Conv needs explicit "
         "dilations/group - reference/npu-fpga-notes.md",
         "designs are resource-bound: every layer is unrolled in LUTs/DSPs (reuse factor trades "

@@ -44,8 +44,9 @@ __all__ = [
     "unverified_sources",
 ]
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4-weight")  # what a profile can support
-UNIT_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")  # keys of ComputeUnit.peak_ops
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4-weight", "fixed")  # a profile supports
+# ("fixed": per-layer ap_fixed types on an FPGA, passes/fixed_point.py)
+UNIT_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "fixed")  # ComputeUnit.peak_ops keys
 UNIT_KINDS = ("cpu", "gpu", "dla", "npu", "fpga")
 BACKENDS = ("onnxruntime", "openvino", "tvm", "tensorrt", "tosa", "hls")
 SOURCE_TAGS = ("datasheet:", "vendor:", "secondary:", "press:", "derived:", "measured:",

@@ -162,7 +162,7 @@ def test_npu_and_fpga_targets():
         assert f"{macs} MACs" in npu.peak_ops["int8"].source
     assert get_profile("ethos-u55-128").peak("int8") == pytest.approx(128 * 2 * 500e6)
     kv = get_profile("kria-kv260")
-    assert kv.backends == ("hls",) and kv.static_shapes and "int8" in kv.precisions
+    assert kv.backends == ("hls",) and kv.static_shapes and kv.precisions == ("fixed",)
     assert kv.unit("fpga").kind == "fpga" and "MatMul" in kv.unit("fpga").ops
     assert any("B4096" in c for c in kv.constraints)
 

@@ -250,6 +250,14 @@ def predict(graph: Graph, config: Mapping[str, Any] | None, profile, *,
     `profile`. `calibration`: a `Calibration`/`Params`; None loads the stored one for (device,
     backend), else generic priors with a wide uncertainty."""
     cfg = resolve_config(config, profile)
+    if profile.main_unit.kind == "fpga":  # a dataflow design, not kernels: its own model
+        from compiler.cost.fpga import predict_dataflow
+
+        clock = float((getattr(profile, "toolchain", None) or {}).get("clock_period_ns", 5))
+        ms, mb, notes = predict_dataflow(graph, profile, clock)
+        watts = profile.power(cfg["power_mode"]).watts.value
+        return Prediction(ms, mb, ms * watts, 0.5, [], notes,
+                          {k: v for k, v in cfg.items() if v is not None})
     bind = dict(bindings or {})
     if any(o.shape is None for n in graph for o in n.outputs[:1] if n.op_type not in FREE_OPS):
         from passes.shape_inference import infer_shapes
