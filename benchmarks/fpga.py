@@ -54,13 +54,14 @@ def _lowered(model):
 
 
 def _cases():
-    from compiler.zoo import trained, trained_mlp
+    from compiler.zoo import trained
 
-    x, y = trained_mlp.test_data()
-    yield "digits_mlp", str(trained_mlp.get()), trained_mlp.calibration_feeds(), x, y
-    d = trained.digits_data()
-    yield ("digits_cnn", str(trained.get("digits_cnn")),
-           trained.calibration_feeds(n=256, batch=32), d["test_x"], d["test_y"])
+    for name in (trained.MLP, "digits_cnn"):
+        size = trained.input_size(name)
+        d = trained.digits_data(size)
+        yield (name, str(trained.get(name)), trained.calibration_feeds(n=256, batch=32,
+                                                                         size=size),
+               d["test_x"], d["test_y"])
 
 
 def _jet():

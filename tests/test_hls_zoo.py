@@ -21,14 +21,12 @@ pytestmark = [pytest.mark.slow,
 
 
 def _case(name):
-    from compiler.zoo import trained, trained_mlp
+    from compiler.zoo import trained
 
-    if name == "digits_mlp":
-        x, y = trained_mlp.test_data()
-        return trained_mlp.get(), trained_mlp.calibration_feeds(), x, y
-    d = trained.digits_data()
-    return trained.get(name), trained.calibration_feeds(n=128, batch=32), d["test_x"], \
-        d["test_y"]
+    size = trained.input_size(name)
+    d = trained.digits_data(size)
+    return (trained.get(name), trained.calibration_feeds(n=128, batch=32, size=size),
+            d["test_x"], d["test_y"])
 
 
 @pytest.mark.parametrize("name,io_type", [("digits_mlp", "io_parallel"),

@@ -7,7 +7,10 @@ scikit-learn (no download), upscaled bilinearly to `SIZE` x `SIZE`, in [0, 1]:
 - `digits_cnn`: conv-bn-relu blocks incl. a stride-2 conv, a depthwise + pointwise pair,
   global average pooling and a Linear (the layer mix of a mobile CNN);
 - `digits_vit`: 4x4 patch embedding (Conv), 2 pre-norm transformer blocks (LayerNorm,
-  explicit MatMul/Softmax/MatMul attention, GELU MLP), mean pooling, Linear.
+  explicit MatMul/Softmax/MatMul attention, GELU MLP), mean pooling, Linear;
+- `digits_mlp` (`MLP`, not in `NAMES`: the int8/mixed tests iterate those): the raw 8x8
+  images, Flatten -> Linear(64, 64) -> ReLU -> Linear(64, 32) -> ReLU -> Linear(32, 10), the
+  shape of an hls4ml FPGA design (`input_size` gives each model's image size).
 
 Both are exported with `torch.onnx.export(dynamo=False, opset_version=17)`, input
 `pixel_values` [batch, 1, SIZE, SIZE] -> `logits` [batch, 10], and cached under
@@ -26,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NAMES", "SIZE", "accuracy", "calibration_feeds", "digits_data", "get",
-           "torch_model"]
+__all__ = ["MLP", "NAMES", "SIZE", "accuracy", "calibration_feeds", "digits_data", "get",
+           "input_size", "torch_model"]
 
 NAMES = ("digits_cnn", "digits_vit")
+MLP = "digits_mlp"
 SIZE = 16
 N_TRAIN = 1200
 _VERSION = "1"
@@ -53,6 +57,11 @@ def digits_data(size: int = SIZE) -> dict[str, np.ndarray]:
     tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
     return {"train_x": np.ascontiguousarray(x[tr]), "train_y": y[tr],
             "test_x": np.ascontiguousarray(x[te]), "test_y": y[te]}
+
+
+def input_size(name: str) -> int:
+    """The image side `name` takes (8 for the MLP, `SIZE` for the others)."""
+    return 8 if name == MLP else SIZE
 
 
 def calibration_feeds(n: int = 64, batch: int = 8, size: int = SIZE) -> list[dict]:
@@ -118,6 +127,9 @@ def _build(name: str):
             x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
             return self.head(self.norm(self.blocks(x)).mean(1))
 
+    if name == MLP:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32),
+                             nn.ReLU(), nn.Linear(32, 10))
     return CNN() if name == "digits_cnn" else ViT()
 
 
@@ -126,9 +138,9 @@ def _train(name: str):
 
     torch.manual_seed(0)
     model = _build(name)
-    d = digits_data()
+    d = digits_data(input_size(name))
     x, y = torch.from_numpy(d["train_x"]), torch.from_numpy(d["train_y"])
-    epochs, lr = (12, 3e-3) if name == "digits_cnn" else (15, 3e-3)
+    epochs, lr = {"digits_cnn": (12, 3e-3), "digits_vit": (15, 3e-3), MLP: (40, 1e-2)}[name]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * (N_TRAIN // 32))
     g = torch.Generator().manual_seed(0)
@@ -154,8 +166,8 @@ def _key(name: str) -> str:
 
 def get(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of the trained model's ONNX file, training and exporting it on first use."""
-    if name not in NAMES:
-        raise ValueError(f"unknown trained model {name!r}; known: {', '.join(NAMES)}")
+    if name not in (*NAMES, MLP):
+        raise ValueError(f"unknown trained model {name!r}; known: {', '.join(NAMES)}, {MLP}")
     root = Path(cache_dir) if cache_dir is not None else _REPO / ".cache" / "trained"
     final = root / f"{name}-{_key(name)}"
     path = final / "model.onnx"
@@ -168,7 +180,8 @@ def get(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         torch.save(model.state_dict(), tmp / "state_dict.pt")  # for torch-side comparisons
-        torch.onnx.export(model, (torch.zeros(1, 1, SIZE, SIZE),), str(tmp / "model.onnx"),
+        size = input_size(name)
+        torch.onnx.export(model, (torch.zeros(1, 1, size, size),), str(tmp / "model.onnx"),
                           input_names=["pixel_values"], output_names=["logits"],
                           dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17, dynamo=False)
