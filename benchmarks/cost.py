@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from benchmarks.common import print_table
 from compiler.cost import calibration as C
 from compiler.cost.kernels import kernels, resident_weight_bytes
+from compiler.cost.layer_proxy import ATTENTION_CASE
 from compiler.cost.memory import activation_liveness
 from compiler.cost.model import prior_params
 from compiler.onnx_io import export_onnx, import_onnx
@@ -144,7 +145,7 @@ def cases() -> list[tuple[str, str, object]]:
     out += [(f"ew_n{n}", "synthetic", lambda n=n: ew_case(n)) for n in (2**8, 2**14, 2**18, 2**21)]
     out += [(f"head_m{m}_k{k}_n{n}", "synthetic", lambda m=m, k=k, n=n: head_case(m, k, n))
             for m, k, n in ((1024, 8, 4), (4096, 32, 8), (512, 64, 16))]
-    out += [(f"attn_s{s}", "synthetic", lambda s=s: attn_case(s)) for s in (64, 256)]
+    out += [(f"{ATTENTION_CASE}s{s}", "synthetic", lambda s=s: attn_case(s)) for s in (64, 256)]
     rn = np.random.default_rng(1)
     out += [(f"cnn_{s}", "cnn", lambda s=s: _zoo("cnn", {"pixel_values": rn.standard_normal(
         (1, 3, s, s)).astype(np.float32)})) for s in (64, 128)]

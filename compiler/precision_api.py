@@ -20,10 +20,13 @@ constraints (all optional):
 - "sensitivity_samples" (default 32): calibration samples kept for sensitivity and checks;
 - "keep_float": node names never quantized (int8 and mixed); "int4_block_size": 32 (default) |
   64 | 128;
-- "sensitivity" (default True): False skips mixed's per-layer sensitivity search and its
-  end-to-end checks: int8 goes on every layer predicted faster in int8 (a speed-only assignment;
-  the configuration search lowers its preview of a mixed graph this way, without the user's
-  calibration data);
+- "sensitivity" (default True): mixed ranks layers by the noise each adds alone (all layers in
+  one session, `passes.sensitivity.local_sensitivity`) and measures whole mixed graphs only to
+  find where the budget runs out (at most "max_boundary_checks", default 6, see
+  `passes.precision.search_prefix`); the report's budget says how much of it the result uses.
+  False skips the sensitivity search and its end-to-end checks: int8 goes on every layer
+  predicted faster in int8 (a speed-only assignment; the configuration search lowers its
+  preview of a mixed graph this way, without the user's calibration data);
 - "bias_correction" (default True): fold the mean output shift that weight quantization causes
   into each quantized layer's bias (passes.bias_correction), from per-channel input means taken
   in the calibration run; applied in the sensitivity copies too, so the budget sees it. For
@@ -57,18 +60,18 @@ from passes.opset_policy import ensure_precision_opset
 from passes.precision import (
     RooflineProxy,
     candidate_layers,
-    choose_prefix,
     layer_info,
     order_layers,
+    search_prefix,
 )
-from passes.sensitivity import Sensitivity, evaluate, layer_sensitivity
+from passes.sensitivity import Sensitivity, evaluate, local_sensitivity
 
 __all__ = ["apply_precision", "PRECISIONS", "DEFAULTS", "top1_disagreement"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight", "fixed")
 DEFAULTS = {"min_sqnr_db": 25.0, "max_metric_loss": 0.01, "calibration_method": "percentile",
             "percentile": 99.999, "sensitivity_samples": 32, "int4_block_size": 32,
-            "bias_correction": True, "sensitivity": True}
+            "bias_correction": True, "sensitivity": True, "max_boundary_checks": 6}
 
 
 def _name_nodes(graph: Graph) -> None:
@@ -351,7 +354,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         {"avx512_vnni", "avx_vnni", "amx_int8"} & set(unit.isa))
 
     def lower(g: Graph, node: Node) -> dict:
-        key = key_of.get(node.name)
+        key = _mean_key(node) if opts["bias_correction"] else None  # twins read the same input
         return qz.lower_int8(g, node, calib.ranges, act_dtype=act_dtype,
                              symmetric_act=be == "tensorrt", reduce_range=reduce_range,
                              input_mean=calib.means.get(key) if key else None)
@@ -399,6 +402,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     gains = {k: t[0] - t[1] for k, t in times.items()}
     keep_float = set(opts.get("keep_float") or ())
     sens: dict[str, Sensitivity] = {}
+    measured: dict[int, Sensitivity] = {}
     checks: list = []
     order: list[str] = []
     budget_info: dict[str, Any] = {}
@@ -417,36 +421,44 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         budget_info = {"kind": "none", "why": "sensitivity off: int8 wherever predicted "
                        "faster, no accuracy budget applied"}
     else:
-        sens = layer_sensitivity(graph, eligible, lower, calib, metric)
+        sens = local_sensitivity(graph, eligible, lower, calib)
+        costs = {k: v.noise for k, v in sens.items()}
         if metric is not None:
-            costs = {k: float(s.metric) for k, s in sens.items()}
             budget = float(opts["max_metric_loss"])
             budget_info = {"kind": "metric", "max_metric_loss": budget}
         else:
-            costs = {k: s.noise for k, s in sens.items()}
             budget = 10 ** (-float(opts["min_sqnr_db"]) / 10)
             budget_info = {"kind": "sqnr", "min_sqnr_db": float(opts["min_sqnr_db"]),
                            "max_relative_noise": budget}
         order = order_layers(costs, gains, index)
+        from compiler.onnx_io import export_onnx, import_onnx
+
+        base = export_onnx(graph)  # each measured copy re-reads it
 
         def measure(names) -> float:
-            from passes.sensitivity import clone
-
-            g = clone(graph)
+            g = import_onnx(base, base_dir=graph.model.base_dir)
             deploy(g, set(names))
-            s = evaluate(g, calib, metric)
+            s = measured[len(names)] = evaluate(g, calib, metric)
             return float(s.metric) if metric is not None else s.noise
 
-        chosen, checks = choose_prefix(order, costs, budget, measure)
-        budget_info["predicted"] = sum(costs[k] for k in chosen)
-        budget_info["checks"] = [{"layers": k, "measured": v} for k, v in checks]
+        k, checks = search_prefix(order, costs, budget, measure,
+                                  int(opts["max_boundary_checks"]))
+        chosen = order[:k]
+        budget_info["sensitivity"] = ("first order: each layer's own output noise, all layers "
+                                      "in one session; end-to-end checks near the boundary")
+        budget_info["checks"] = [{"layers": n, "measured": v} for n, v in checks]
     chosen_set = set(chosen)
     qparams, requantized, out_requantized = deploy(graph, chosen_set)
     final = Sensitivity(0.0, math.inf, 1.0)
-    if chosen and calib.samples:
-        final = evaluate(graph, calib, metric)
+    if chosen and calib.samples:  # the deployed graph is the copy measured for that prefix
+        final = measured.get(len(chosen)) or evaluate(graph, calib, metric)
     budget_info["measured"] = final.to_dict() if calib.samples or not chosen else None
-    dropped = set(order[:checks[0][0]]) - chosen_set if checks else set()
+    if budget_info.get("kind") in ("sqnr", "metric") and budget_info["measured"]:
+        used = final.metric if budget_info["kind"] == "metric" else final.noise
+        limit = budget_info.get("max_metric_loss", budget_info.get("max_relative_noise"))
+        budget_info["used"] = float(used) / limit if limit else (0.0 if not used else math.inf)
+    failed = {n for n, v in checks if n > len(chosen)}
+    dropped = set(order[len(chosen):min(failed)]) if failed else set()
     for name, info in infos.items():
         tf, ti = times[name]
         s = sens.get(name)
@@ -474,7 +486,8 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
                     "the Q/DQ overhead exceeds the int8 compute saving (memory-bound or "
                     "tiny layer)")))
             elif name in dropped:
-                why = "the end-to-end check on the calibration set exceeded the budget"
+                why = ("the end-to-end check on the calibration set exceeded the budget with "
+                       "it and the layers before it in the order")
             else:
                 why = "quantizing it would exceed the accuracy budget"
             entry["reason"] = f"stays {fprec}: {why}"

@@ -36,7 +36,7 @@ from compiler.ir import Graph
 
 __all__ = ["CalibrationResult", "ChannelMeanObserver", "HistogramObserver", "MinMaxObserver",
            "collect", "make_observer", "make_session", "placeholder_calibration", "run_model",
-           "METHODS"]
+           "with_outputs", "METHODS"]
 
 METHODS = ("minmax", "percentile", "entropy")
 
@@ -226,7 +226,8 @@ class CalibrationResult:
     means: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
 
-def _augmented(graph: Graph, names: Iterable[str]) -> onnx.ModelProto:
+def with_outputs(graph: Graph, names: Iterable[str]) -> onnx.ModelProto:
+    """`graph` exported with the values `names` added as graph outputs."""
     from compiler.onnx_io import export_onnx
 
     model = export_onnx(graph)
@@ -249,7 +250,7 @@ def collect(graph: Graph, tensors: Iterable[str], calibration: Iterable[Mapping]
     tensors = list(dict.fromkeys(tensors))
     mean_obs = {(t, int(a)): ChannelMeanObserver(int(a)) for t, a in means}
     outputs = [o.name for o in graph.outputs]
-    sess = make_session(_augmented(graph, tensors + [t for t, _ in mean_obs]))
+    sess = make_session(with_outputs(graph, tensors + [t for t, _ in mean_obs]))
     obs = {t: make_observer(method, **observer_kw) for t in tensors}
     res = CalibrationResult(method=method)
     it = iter(calibration)

@@ -22,14 +22,26 @@ weight/input/output element counts W/I/O, on the profile's main unit:
 
 gain = t_fp32 - t_int8. A layer whose gain is <= 0 stays in float whatever the budget.
 
-Assignment (deterministic, monotone in the budget). Each remaining layer i has a sensitivity
-cost c_i (relative output noise r_i, or the user metric's loss) measured alone (see
-`passes.sensitivity`). Layers are sorted by (c_i / gain_i, graph position); the quantized set is
-the longest prefix of that fixed order whose predicted total sum c_i fits the budget. A tighter
-budget gives a shorter prefix, hence a subset. The prefix is then checked end to end on the
-calibration data and shortened one layer at a time while the measured error exceeds the budget;
-that keeps both properties (the result is the largest prefix, no longer than the predicted one,
-whose measured error fits).
+Assignment (deterministic; spends the budget). Each remaining layer i has a first-order cost
+c_i: the relative noise its own quantization adds to its output, measured for all layers in one
+session (`passes.sensitivity.local_sensitivity`). Layers are sorted by (c_i / gain_i, graph
+position): the cheapest noise per unit of predicted speed first. The quantized set is a prefix
+of that fixed order; `search_prefix` finds the LONGEST prefix whose end-to-end error, measured
+on the calibration data with the graph that ships (noise, or the user's metric), fits the
+budget, with few measurements:
+
+1. the whole order (every layer that gains): if it fits, done (one measurement);
+2. otherwise the boundary is bracketed by [lo fits, hi fails] and the next probe is where the
+   error, interpolated linearly in the cumulative proxy C(k) = sum_{i<=k} c_i between the two
+   measured ends, reaches the budget (noise adds up: error(k) ~ alpha C(k)); a probe that moves
+   the same end twice in a row bisects instead, so the bracket always shrinks fast;
+3. it stops when the bracket closes (hi = lo + 1) or after `max_checks` measurements, keeping
+   lo: the longest prefix measured to fit.
+
+So the result is the fastest prefix within the budget, not the safest; the report states the
+budget used (measured error / budget). The measured error is close to, but not exactly,
+monotone in the prefix length; where it is not, a tighter budget can still keep a layer a
+looser one dropped.
 """
 
 from __future__ import annotations
@@ -45,8 +57,8 @@ from compiler.ir import Graph, Node
 from passes.base import Pass, PassConfig, PassContext, PassResult, register_pass
 from passes.quantize import QUANTIZABLE, activation_inputs, const_array, weight_input
 
-__all__ = ["LayerInfo", "PrecisionPass", "RooflineProxy", "candidate_layers", "choose_prefix",
-           "has_int8_dot", "layer_info", "order_layers"]
+__all__ = ["LayerInfo", "PrecisionPass", "RooflineProxy", "candidate_layers", "has_int8_dot",
+           "layer_info", "order_layers", "search_prefix"]
 
 DOT_ISA = {"avx512_vnni", "avx_vnni", "amx_int8", "dotprod", "i8mm"}
 MIN_INT8_REDUCTION = 64
@@ -190,25 +202,36 @@ def order_layers(costs: Mapping[str, float], gains: Mapping[str, float],
     return sorted(names, key=lambda n: (max(costs[n], 0.0) / gains[n], index[n], n))
 
 
-def choose_prefix(order: Sequence[str], costs: Mapping[str, float], budget: float,
-                  measure: Callable[[Sequence[str]], float] | None = None
-                  ) -> tuple[list[str], list[tuple[int, float]]]:
-    """The longest prefix of `order` whose summed cost fits `budget`, then shortened while
-    `measure(prefix)` (the measured end-to-end cost) exceeds it. Returns (prefix, checks)."""
-    k, total = 0, 0.0
-    for name in order:
-        if total + max(costs[name], 0.0) > budget:
-            break
-        total += max(costs[name], 0.0)
-        k += 1
+def search_prefix(order: Sequence[str], costs: Mapping[str, float], budget: float,
+                  measure: Callable[[Sequence[str]], float], max_checks: int = 6
+                  ) -> tuple[int, list[tuple[int, float]]]:
+    """The length of the longest prefix of `order` measured within `budget` (see the module
+    docstring); `costs` are the first-order per-layer costs that guide the probes, `measure`
+    the end-to-end error of a prefix. Returns (length, [(probed length, measured error)])."""
+    n = len(order)
+    cum = np.concatenate([[0.0], np.cumsum([max(float(costs[k]), 0.0) for k in order])])
+    seen: dict[int, float] = {0: 0.0}
     checks: list[tuple[int, float]] = []
-    while measure is not None and k > 0:
-        got = measure(order[:k])
+    lo, hi, k, moved = 0, n + 1, n, []
+    while n and max_checks > 0:
+        seen[k] = got = float(measure(order[:k]))
         checks.append((k, got))
-        if got <= budget:
+        fits = got <= budget
+        if fits:
+            lo = k
+        else:
+            hi = k
+        moved.append(fits)
+        if hi - lo <= 1 or len(checks) >= max_checks:
             break
-        k -= 1
-    return list(order[:k]), checks
+        k = (lo + hi) // 2
+        if not (len(moved) > 1 and moved[-1] == moved[-2]):  # interpolate on C(k)
+            e_lo, e_hi = seen[lo], seen[hi]
+            if e_hi > e_lo and cum[hi] > cum[lo]:
+                target = cum[lo] + (budget - e_lo) * (cum[hi] - cum[lo]) / (e_hi - e_lo)
+                k = int(np.searchsorted(cum, target, side="right")) - 1
+        k = min(max(k, lo + 1), hi - 1)
+    return lo, checks
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,20 @@
-"""Per-layer sensitivity: quantize one layer at a time, compare with FP32 on calibration data.
+"""Per-layer sensitivity in one session, and end-to-end comparison with FP32.
 
-For each candidate layer a copy of the FP32 graph gets only that layer lowered (e.g. to INT8
-Q/DQ) and runs in ONNX Runtime on the kept calibration samples. Against the FP32 outputs y
-(per output tensor, summed over samples):
+Local proxy (`local_sensitivity`). Every candidate layer L gets a twin L' in one copy of the
+FP32 graph: same op and attributes, reading the same float inputs, lowered alone (e.g. INT8 Q/DQ
+on its activations, int8 per-channel weights, bias correction). L and L' outputs are both
+exposed, so ONE session run over the kept calibration samples gives, per layer,
+
+    r_L = sum ||y_L' - y_L||^2 / sum ||y_L||^2        (relative noise of the layer's output)
+
+with SQNR_L = -10 log10(r_L) and the cosine of y_L' against y_L. This is the first-order
+sensitivity: the noise the layer's own quantization adds where it is made. It ignores how the
+rest of the network amplifies or damps that noise, which is why `passes.precision` only uses it
+to rank layers and to guess where the budget runs out, and then measures whole mixed graphs
+(`evaluate`) near that guess. Before, each layer was measured end to end in a session of its
+own: one model export, session build and calibration run per layer (SigLIP-B/16: ~70 sessions).
+
+End-to-end (`evaluate`). Against the FP32 outputs y (per output tensor, summed over samples):
 
 - relative noise  r = sum ||y_q - y||^2 / sum ||y||^2, and SQNR = -10 log10(r) dB;
 - cosine similarity of the flattened outputs;
@@ -10,8 +22,8 @@ Q/DQ) and runs in ONNX Runtime on the kept calibration samples. Against the FP32
   sample; lower is better, 0 means identical), e.g. the top-1 disagreement rate.
 
 Several outputs: the worst one counts (largest r, smallest cosine). Quantization noise of
-different layers is close to independent, so relative noise adds: r(all) ~ sum_i r_i. That is
-what makes the per-layer numbers usable as an additive budget in `passes.precision`.
+different layers is close to independent, so output noise adds up roughly in proportion to the
+layers' local noise: r(prefix) ~ alpha * sum_i r_i, with alpha the network's gain.
 Values are rounded to 9 significant digits so the same inputs always rank the same way.
 """
 
@@ -23,10 +35,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from compiler.ir import Graph, Node
-from passes.calibration import CalibrationResult, make_session, run_model
+from compiler.ir import Graph, Node, Value
+from passes.calibration import CalibrationResult, make_session, run_model, with_outputs
 
-__all__ = ["Sensitivity", "clone", "compare_outputs", "evaluate", "layer_sensitivity"]
+__all__ = ["Sensitivity", "clone", "compare_outputs", "evaluate", "local_sensitivity"]
 
 Metric = Callable[[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]], float]
 
@@ -53,22 +65,16 @@ class Sensitivity:
 
 def compare_outputs(reference: list[dict[str, np.ndarray]], outputs: list[dict[str, np.ndarray]],
                     metric: Metric | None = None) -> Sensitivity:
-    noise, cos = 0.0, 1.0
+    worst = Sensitivity(0.0, math.inf, 1.0)
     for name in reference[0]:
-        sig = err = dot = nq = 0.0
+        acc = np.zeros(4)
         for ref, got in zip(reference, outputs):
-            a = np.asarray(ref[name], np.float64).ravel()
-            b = np.asarray(got[name], np.float64).ravel()
-            sig += float(a @ a)
-            err += float((b - a) @ (b - a))
-            dot += float(a @ b)
-            nq += float(b @ b)
-        r = err / sig if sig > 0 else (0.0 if err == 0 else 1.0)
-        c = dot / math.sqrt(sig * nq) if sig > 0 and nq > 0 else float(sig == nq)
-        noise, cos = max(noise, r), min(cos, c)
-    sqnr = -10.0 * math.log10(noise) if noise > 0 else math.inf
+            _accumulate(acc, ref[name], got[name])
+        s = _from_sums(*acc)
+        worst = Sensitivity(max(worst.noise, s.noise), min(worst.sqnr_db, s.sqnr_db),
+                            min(worst.cosine, s.cosine))
     m = None if metric is None else _r(float(metric(reference, outputs)))
-    return Sensitivity(_r(noise), _r(sqnr) if math.isfinite(sqnr) else sqnr, _r(cos), m)
+    return Sensitivity(worst.noise, worst.sqnr_db, worst.cosine, m)
 
 
 def clone(graph: Graph) -> Graph:
@@ -88,18 +94,43 @@ def evaluate(graph: Graph, calib: CalibrationResult, metric: Metric | None = Non
     return compare_outputs(calib.reference, outs, metric)
 
 
-def layer_sensitivity(graph: Graph, layers: Iterable[str],
-                      lower: Callable[[Graph, Node], object], calib: CalibrationResult,
-                      metric: Metric | None = None, threads: int = 2
-                      ) -> dict[str, Sensitivity]:
-    """Sensitivity of each named layer quantized alone by `lower(graph_copy, node)`."""
-    from compiler.onnx_io import export_onnx, import_onnx
+def _accumulate(acc: np.ndarray, ref: np.ndarray, got: np.ndarray) -> None:
+    a = np.asarray(ref, np.float64).ravel()
+    b = np.asarray(got, np.float64).ravel()
+    acc += (float(a @ a), float((b - a) @ (b - a)), float(a @ b), float(b @ b))
 
-    base = export_onnx(graph)  # exported once; each copy re-reads it lazily
-    out: dict[str, Sensitivity] = {}
-    for name in layers:
-        g = import_onnx(base, base_dir=graph.model.base_dir)
-        node = next(n for n in g if n.name == name)
-        lower(g, node)
-        out[name] = evaluate(g, calib, metric, threads)
-    return out
+
+def _from_sums(sig: float, err: float, dot: float, nq: float) -> Sensitivity:
+    r = err / sig if sig > 0 else (0.0 if err == 0 else 1.0)
+    c = dot / math.sqrt(sig * nq) if sig > 0 and nq > 0 else float(sig == nq)
+    sqnr = -10.0 * math.log10(r) if r > 0 else math.inf
+    return Sensitivity(_r(r), _r(sqnr) if math.isfinite(sqnr) else sqnr, _r(c))
+
+
+def local_sensitivity(graph: Graph, layers: Iterable[str],
+                      lower: Callable[[Graph, Node], object], calib: CalibrationResult,
+                      threads: int = 2) -> dict[str, Sensitivity]:
+    """Noise each named layer's own lowering adds to its output (see the module docstring):
+    one graph copy with a lowered twin per layer, one session, one pass over the samples."""
+    names = list(dict.fromkeys(layers))
+    if not names or not calib.samples:
+        return {}
+    g = clone(graph)
+    by_name = {n.name: n for n in g}
+    pairs: dict[str, tuple[str, str]] = {}
+    for name in names:
+        n = by_name[name]
+        y = n.outputs[0]
+        out = Value(g.unique_name(y.name + "/lowered"), y.dtype, y.shape)
+        twin = Node(n.op_type, list(n.inputs), [out], domain=n.domain,
+                    name=g.unique_name(name + "/lowered"), attrs=dict(n.attrs))
+        g.insert_after(n, twin)
+        lower(g, twin)
+        pairs[name] = (y.name, out.name)
+    sess = make_session(with_outputs(g, [t for p in pairs.values() for t in p]), threads)
+    sums = {name: np.zeros(4) for name in names}
+    for feeds in calib.samples:
+        got = run_model(sess, feeds)
+        for name, (ref, low) in pairs.items():
+            _accumulate(sums[name], got[ref], got[low])
+    return {name: _from_sums(*sums[name]) for name in names}

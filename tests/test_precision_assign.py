@@ -10,7 +10,7 @@ from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
 from compiler.zoo import trained
 from passes.base import PassContext, get_pass
-from passes.precision import LayerInfo, RooflineProxy, choose_prefix, order_layers
+from passes.precision import LayerInfo, RooflineProxy, order_layers
 from targets.devices import Sourced, get_profile
 
 
@@ -128,17 +128,11 @@ def test_user_metric_budget(cnn):
                for v in rep["layers"].values())
 
 
-def test_prefix_rule_is_monotone_even_when_greedy_would_not_be():
+def test_order_is_cheapest_noise_per_gain_first():
     costs = {"a": 5.0, "b": 1.0, "c": 1.0}
     gains = {"a": 10.0, "b": 1.0, "c": 1.0, "d": -1.0}
     order = order_layers(costs, gains, {"a": 0, "b": 1, "c": 2, "d": 3})
     assert order == ["a", "b", "c"]  # 0.5, 1.0, 1.0 per unit gain; d is never a candidate
-    # budget 5.5 takes a; budget 4 takes nothing (a greedy skip-and-continue would take b, c)
-    assert choose_prefix(order, costs, 5.5)[0] == ["a"]
-    assert choose_prefix(order, costs, 4.0)[0] == []
-    # a failing end-to-end check shortens the prefix
-    got, checks = choose_prefix(order, costs, 7.0, measure=lambda names: 3.0 * len(names))
-    assert got == ["a", "b"] and checks == [(3, 9.0), (2, 6.0)]
 
 
 def test_proxy_rules():
@@ -166,3 +160,33 @@ def test_pass_registered_and_reports(cnn):
     assert res.modified and rep["budget"]["min_sqnr_db"] == 30.0
     for v in rep["layers"].values():
         assert set(v) >= {"precision", "sensitivity", "reason"}
+
+
+def test_attention_int8_is_a_measured_fact_of_device_and_backend(vit):
+    """Attention MatMuls go int8 only where the calibration of (device, backend) measured its
+    attention-only cases faster at int8; never measured or measured slower: float, saying why.
+    A unit without an int8 dot product keeps them float first."""
+    from compiler.cost.calibration import load_calibration
+    from compiler.cost.layer_proxy import CostModelProxy
+
+    prof = vnni_host()
+    params = load_calibration(prof, "openvino").params_for(prof)
+    att = LayerInfo("a", "MatMul", 0, 64.0 * 256 * 256, 0, 2 * 64 * 256, 256 * 256, 64, False,
+                    True)
+    fast = CostModelProxy("openvino", params, "test", attention=(("attn_s256", 0.118, 0.06),))
+    slow = CostModelProxy("openvino", params, "test", attention=(("attn_s256", 0.118, 0.146),))
+    never = CostModelProxy("openvino", params, "test")
+    tf = fast.layer_time(att, "fp32", prof)[0]
+    ti, why = fast.layer_time(att, "int8", prof)
+    assert ti < tf and why == ""
+    ti, why = slow.layer_time(att, "int8", prof)
+    assert ti > tf and "measured no faster" in why and "0.118 -> 0.146 ms" in why
+    ti, why = never.layer_time(att, "int8", prof)
+    assert ti > tf and "never measured" in why
+    assert "dot product" in fast.layer_time(att, "int8", no_vnni_host())[1]
+    # the assignment follows the fact: with the measured gain, the ViT's attention goes int8
+    g = import_onnx(str(vit))
+    rep = apply_precision(g, prof, "openvino", "mixed", trained.calibration_feeds(16, 8),
+                          {"min_sqnr_db": 10.0}, proxy=fast)
+    att_layers = [v for v in rep["layers"].values() if v["dynamic"]]
+    assert att_layers and all(v["precision"] == "int8" for v in att_layers)

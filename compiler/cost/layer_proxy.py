@@ -17,7 +17,14 @@ The model's whole-graph terms (per-call overhead) cancel in gain = t_fp32 - t_in
 out. `RooflineProxy`'s kernel rules for CPUs without an int8 dot product still apply (a host
 calibration comes from one CPU; a profile of another CPU keeps what is known about its kernels).
 
-Attention MatMuls (two activations) get no int8 gain: measured attention blocks show none.
+Attention MatMuls (two activations, quantized on the fly) are a fact of (device, backend), not
+a constant: the fit shares one attention/int8 efficiency between isolated attention blocks and
+those inside models, so its prediction alone is not trusted for them. They get an int8 gain only
+where the calibration of (device, backend) measured its attention-only cases (`ATTENTION_CASE`,
+both MatMuls int8) faster at int8 than fp32 in every case; where it measured them no faster (this
+repository's Xeon host: OpenVINO attn_s256 0.118 -> 0.146 ms, ONNX Runtime 0.071 -> 0.124 ms) or
+never measured them, they stay float and the reason cites the numbers. A unit without an int8
+dot product keeps them float first (`RooflineProxy`).
 A layer class the calibration never measured at that precision (int8 attention MatMuls: the
 benchmark quantizes only layers with constant weights) gets no gain: the fitted efficiency
 would be the generic prior, and the assignment only acts on measured gains.
@@ -35,22 +42,32 @@ from typing import Any
 from compiler.cost.kernels import ACT_WIDTH, NATIVE_FUSION, WEIGHT_WIDTH, Kernel, half_kernels
 from compiler.cost.model import Params, eff_key, time_kernels
 
-__all__ = ["CostModelProxy"]
+__all__ = ["ATTENTION_CASE", "CostModelProxy", "attention_evidence"]
 
-# The fit shares one attention/int8 efficiency between isolated attention blocks and those
-# inside models, and predicts a gain the isolated blocks do not show (benchmarks/cost.py,
-# attn_s256: OpenVINO 0.160 -> 0.159 ms, ONNX Runtime 0.064 -> 0.123 ms at int8); quantizing
-# the digits ViT's attention MatMuls made it 0.83x of FP32 on OpenVINO.
-ATTENTION_INT8 = ("attention MatMul (two activations): int8 measured no faster than fp32 on "
-                  "this host's runtimes (synthetic attention blocks)")
+# Calibration cases that are an attention block alone (benchmarks/cost.py names them so).
+ATTENTION_CASE = "attn_"
+
+
+def attention_evidence(measurements) -> tuple[tuple[str, float, float], ...]:
+    """(case, fp32 ms, int8 ms) of a calibration's attention-only cases (fused configs)."""
+    got: dict[str, dict[str, float]] = {}
+    for m in measurements:
+        cfg = m.get("config", {})
+        if str(m.get("case", "")).startswith(ATTENTION_CASE) and cfg.get("fusion", True) and \
+                int(cfg.get("threads", 0)) == 0 and cfg.get("precision") in ("fp32", "int8"):
+            got.setdefault(m["case"], {})[cfg["precision"]] = float(m["min_ms"])
+    return tuple((c, t["fp32"], t["int8"]) for c, t in sorted(got.items())
+                 if {"fp32", "int8"} <= set(t))
 
 
 class CostModelProxy:
     """Layer times from the calibrated cost model of (profile, backend)."""
 
-    def __init__(self, backend: str, params: Params, source: str, footprint_bytes: float = 0.0):
+    def __init__(self, backend: str, params: Params, source: str, footprint_bytes: float = 0.0,
+                 attention: tuple[tuple[str, float, float], ...] = ()):
         self.backend, self.params, self.source = backend, params, source
         self.footprint = footprint_bytes  # the model's bytes, for its last-level-cache share
+        self.attention = attention  # `attention_evidence` of the calibration
 
     @classmethod
     def for_target(cls, profile, backend: str, footprint_bytes: float = 0.0
@@ -61,7 +78,22 @@ class CostModelProxy:
         cal = load_calibration(profile, backend)
         if cal is None:
             return None
-        return cls(backend, cal.params_for(profile), cal.describe(), footprint_bytes)
+        return cls(backend, cal.params_for(profile), cal.describe(), footprint_bytes,
+                   attention_evidence(cal.measurements))
+
+    def attention_rule(self, profile) -> str:
+        """Why int8 attention MatMuls gain nothing on (profile, backend); "" where this
+        calibration measured every attention-only case faster at int8."""
+        where = f"{profile.name}/{self.backend}"
+        if not self.attention:
+            return (f"attention MatMul (two activations): int8 never measured for {where}: "
+                    "no gain claimed")
+        slow = [(c, f, i) for c, f, i in self.attention if i >= f]
+        if not slow:
+            return ""
+        c, f, i = slow[-1]
+        return (f"attention MatMul (two activations): int8 measured no faster than fp32 on "
+                f"{where} ({c}: {f:.3f} -> {i:.3f} ms)")
 
     def kernels(self, layer: Any, precision: str, profile) -> list[Kernel]:
         cfg = {"backend": self.backend, "precision": precision, "fusion": True, "threads": 0,
@@ -102,8 +134,9 @@ class CostModelProxy:
         if self.params.measured and key not in self.params.measured:
             return max(t, ref + 1e-9), (f"{key} kernels were never measured for "
                                         f"{self.backend} here: no gain claimed")
-        if layer.dynamic and precision == "int8":
-            return max(t, ref + 1e-9), ATTENTION_INT8
+        rule = self.attention_rule(profile) if layer.dynamic and precision == "int8" else ""
+        if rule:
+            return max(t, ref + 1e-9), rule
         if t >= ref:
             return t, (f"cost model ({self.source.split(':')[0]}): {precision} "
                        f"{t * 1e6:.1f} us vs fp32 {ref * 1e6:.1f} us, not faster")

@@ -1,0 +1,90 @@
+"""Sensitivity in one session (local proxy) and the budget-boundary search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compiler.onnx_io import export_onnx, import_onnx
+from passes import quantize as qz
+from passes.calibration import collect, make_session, run_model, with_outputs
+from passes.precision import search_prefix
+from passes.sensitivity import clone, local_sensitivity
+from tests.test_precision_lowering import _feeds, _model
+
+
+def _calibrated():
+    g = import_onnx(_model())
+    layers = [n for n in g if n.op_type in qz.QUANTIZABLE]
+    tensors = [v.name for n in layers for v in (n.inputs[0], n.outputs[0])]
+    return g, layers, collect(g, tensors, _feeds(6), "minmax", keep=4)
+
+
+def test_local_sensitivity_equals_each_layer_quantized_alone():
+    """One session with a lowered twin per layer gives, for every layer, exactly the noise of
+    its output when that layer alone is lowered in its own graph (its inputs stay float)."""
+    g, layers, calib = _calibrated()
+
+    def lower(graph, node):
+        return qz.lower_int8(graph, node, calib.ranges)
+
+    got = local_sensitivity(g, [n.name for n in layers], lower, calib)
+    assert set(got) == {"conv", "fc"}
+    for n in layers:
+        alone = clone(g)
+        lower(alone, next(x for x in alone if x.name == n.name))
+        y = n.outputs[0].name
+        ref = make_session(with_outputs(g, [y]))
+        low = make_session(with_outputs(alone, [y]))
+        sig = err = 0.0
+        for f in calib.samples:
+            a = run_model(ref, f)[y].astype(np.float64)
+            b = run_model(low, f)[y].astype(np.float64)
+            sig += float((a * a).sum())
+            err += float(((b - a) ** 2).sum())
+        assert got[n.name].noise == pytest.approx(err / sig, rel=1e-5)
+        assert 0 < got[n.name].noise < 1e-2 and got[n.name].cosine > 0.99
+    # the graph itself is untouched
+    assert export_onnx(g).SerializeToString() == export_onnx(
+        import_onnx(_model())).SerializeToString()
+
+
+def _additive(costs, alpha, calls):
+    def measure(names):
+        calls.append(len(names))
+        return alpha * sum(costs[n] for n in names)
+    return measure
+
+
+def test_search_prefix_whole_order_fits_in_one_check():
+    costs = {f"l{i}": 1.0 for i in range(10)}
+    calls: list[int] = []
+    k, checks = search_prefix(list(costs), costs, 100.0, _additive(costs, 2.0, calls))
+    assert k == 10 and calls == [10] and checks == [(10, 20.0)]
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0, 3.0])
+@pytest.mark.parametrize("budget", [0.5, 4.0, 17.5, 40.0])
+def test_search_prefix_finds_the_longest_fitting_prefix(alpha, budget):
+    rng = np.random.default_rng(int(alpha * 10 + budget))
+    order = [f"l{i}" for i in range(40)]
+    proxy = {n: float(rng.uniform(0.1, 2.0)) for n in order}
+    true = {n: proxy[n] * float(rng.uniform(0.5, 2.0)) for n in order}  # proxy is only a guide
+    calls: list[int] = []
+    k, checks = search_prefix(order, proxy, budget, _additive(true, alpha, calls), 12)
+    cum = np.cumsum([alpha * true[n] for n in order])
+    best = int(np.searchsorted(cum, budget, side="right"))
+    assert k == best  # the budget is spent: one more layer would not fit
+    assert len(calls) <= 12 and len(set(calls)) == len(calls)
+    assert all((v <= budget) == (n <= best) for n, v in checks)
+
+
+def test_search_prefix_keeps_a_measured_prefix_when_checks_run_out():
+    order = [f"l{i}" for i in range(64)]
+    costs = {n: 1.0 for n in order}
+    calls: list[int] = []
+    k, checks = search_prefix(order, costs, 10.0, _additive(costs, 1.0, calls), 2)
+    assert len(checks) == 2
+    assert k == 0 or any(n == k and v <= 10.0 for n, v in checks)
+    assert search_prefix(order, costs, 10.0, _additive(costs, 1.0, []), 0) == (0, [])
+    assert search_prefix([], {}, 1.0, _additive({}, 1.0, [])) == (0, [])
