@@ -16,7 +16,11 @@ constraints (all optional):
   keep; as a budget on summed relative noise, 10^(-min_sqnr_db/10);
 - "max_metric_loss" (default 0.01): the budget when a `metric(reference, outputs) -> loss`
   callback is given (lists of output dicts, one per sample; lower is better);
-- "calibration_method": "minmax" | "percentile" (default) | "entropy"; "percentile" (99.999);
+- "calibration_method": "auto" (default) | "minmax" | "percentile" | "entropy" | "mse";
+  "percentile" (99.999). "auto" collects one histogram per tensor and keeps the ranges of
+  minmax, percentile and mse; the one whose ranges give the quantized layers the least own
+  output noise in total (all three measured in one session, `passes.sensitivity.pick_ranges`)
+  is used, and the report's calibration entry says which and why;
 - "sensitivity_samples" (default 32): calibration samples kept for sensitivity and checks;
 - "keep_float": node names never quantized (int8 and mixed); "int4_block_size": 32 (default) |
   64 | 128;
@@ -42,6 +46,7 @@ Statistics without samples allow no sensitivity search and no end-to-end measure
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections import Counter
@@ -53,6 +58,7 @@ import numpy as np
 from compiler.errors import ConstraintError
 from compiler.ir import Graph, Node
 from passes import quantize as qz
+from passes import requantize as rq
 from passes.bias_correction import input_mean_axis
 from passes.calibration import CalibrationResult, collect
 from passes.integer_only import activation_values, quantize_all_activations
@@ -64,12 +70,12 @@ from passes.precision import (
     order_layers,
     search_prefix,
 )
-from passes.sensitivity import Sensitivity, evaluate, local_sensitivity
+from passes.sensitivity import Sensitivity, evaluate, local_sensitivity, pick_ranges
 
 __all__ = ["apply_precision", "PRECISIONS", "DEFAULTS", "top1_disagreement"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight", "fixed")
-DEFAULTS = {"min_sqnr_db": 25.0, "max_metric_loss": 0.01, "calibration_method": "percentile",
+DEFAULTS = {"min_sqnr_db": 25.0, "max_metric_loss": 0.01, "calibration_method": "auto",
             "percentile": 99.999, "sensitivity_samples": 32, "int4_block_size": 32,
             "bias_correction": True, "sensitivity": True, "max_boundary_checks": 6}
 
@@ -257,67 +263,6 @@ def _int4(graph: Graph, cands: list[Node], opts: dict, report: dict,
     return report
 
 
-# Ops an int8 layer's output may pass through before the next layer reads it.
-_PASS_THROUGH = frozenset({"Relu", "Clip", "Add", "Sub", "Mul", "Reshape", "Flatten",
-                           "Transpose", "MaxPool", "Identity", "Squeeze", "Unsqueeze"})
-
-
-def _fed_by_int8(v) -> bool:
-    """Whether `v` comes from an int8 layer through elementwise/layout ops only."""
-    for _ in range(8):
-        p = v.producer if v is not None else None
-        if p is None:
-            return False
-        if p.meta.get("precision") == "int8":
-            return True
-        if p.op_type not in _PASS_THROUGH or p.domain:
-            return False
-        live = [x for x in p.inputs if x is not None and x.const is None]
-        if len(live) != 1:
-            return False
-        v = live[0]
-    return False
-
-
-def _requantize_float_inputs(graph: Graph, float_layers: set[str], ranges, act_dtype) -> set:
-    """ONNX Runtime turns DQ -> MatMul/Gemm -> ... -> Q into an integer kernel (QGemm) only when
-    the layer's result is re-quantized; otherwise it runs the layer in float and dequantizes the
-    weights on every call (measured: a 2 ms weight DequantizeLinear on a 0.09 ms MLP). So the
-    activation input of a float layer fed by an int8 layer gets its Q -> DQ too."""
-    done = set()
-    for n in [x for x in graph if x.name in float_layers]:
-        for i in qz.activation_inputs(n):
-            v = n.inputs[i]
-            if v is not None and v.name in ranges and _fed_by_int8(v):
-                lo, hi = ranges[v.name]
-                qz.insert_act_qdq(graph, n, i, lo, hi, act_dtype, False)
-                done.add(n.name)
-    return done
-
-
-def _requantize_int8_outputs(graph: Graph, int8_layers: set[str], ranges, act_dtype) -> set:
-    """ONNX Runtime forms QLinearConv only for DQ -> Conv [-> Relu] -> Q; an int8 Conv whose
-    result goes on in float (into a residual Add, a pool, a graph output) runs as a float Conv
-    that dequantizes its weights on every call. So every reader of such a Conv's result (after
-    its Relu, if it has exactly one) gets a Q -> DQ, shared with the Q an int8 reader already
-    put there. MatMul/Gemm need none: ORT has float-output integer kernels for them. A result
-    that is a graph output is left alone (its name must stay); the report says which got it."""
-    done = set()
-    for n in [x for x in graph if x.name in int8_layers and x.op_type == "Conv"]:
-        lo, hi = ranges.get(n.outputs[0].name, (None, None))
-        v = qz.result_after_relu(n)
-        if v is not n.outputs[0]:
-            lo, hi = ranges.get(v.name, (0.0, max(hi, 0.0) if hi is not None else None))
-        if hi is None or v.is_graph_output():
-            continue
-        for c in [c for c in v.consumers() if c.op_type != "QuantizeLinear"]:
-            for i, x in enumerate(c.inputs):
-                if x is v:
-                    qz.insert_act_qdq(graph, c, i, lo, hi, act_dtype, False)
-                    done.add(n.name)
-    return done
-
-
 def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapping],
           opts: dict, metric, proxy, cands: list[Node], report: dict) -> dict:
     index = {n.name: i for i, n in enumerate(graph)}
@@ -329,7 +274,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     if int8_only:
         tensors = list(dict.fromkeys(tensors + [v.name for v in activation_values(graph)]))
     method = opts["calibration_method"]
-    kw = {"percentile": float(opts["percentile"])} if method == "percentile" else {}
+    kw = {"percentile": float(opts["percentile"])} if method in ("percentile", "auto") else {}
     key_of = {n.name: _mean_key(n) for n in cands} if opts["bias_correction"] else {}
     mean_keys = [k for k in key_of.values() if k is not None]
     if isinstance(samples, CalibrationResult):  # statistics collected before
@@ -353,11 +298,13 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     reduce_range = unit.kind == "cpu" and "avx2" in unit.isa and not (
         {"avx512_vnni", "avx_vnni", "amx_int8"} & set(unit.isa))
 
-    def lower(g: Graph, node: Node) -> dict:
-        key = _mean_key(node) if opts["bias_correction"] else None  # twins read the same input
-        return qz.lower_int8(g, node, calib.ranges, act_dtype=act_dtype,
-                             symmetric_act=be == "tensorrt", reduce_range=reduce_range,
-                             input_mean=calib.means.get(key) if key else None)
+    def make_lower(ranges: Mapping[str, tuple[float, float]]) -> Callable[[Graph, Node], dict]:
+        def lower(g: Graph, node: Node) -> dict:
+            key = _mean_key(node) if opts["bias_correction"] else None  # twins: same input
+            return qz.lower_int8(g, node, ranges, act_dtype=act_dtype,
+                                 symmetric_act=be == "tensorrt", reduce_range=reduce_range,
+                                 input_mean=calib.means.get(key) if key else None)
+        return lower
 
     fprec = _float_precision(profile, precision)
 
@@ -380,9 +327,9 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
                     "corrected": False, "why": "no constant float weight (or no input mean)"}
         requantized, out_requantized = set(), set()
         if be == "onnxruntime" and int8 and fprec == "fp32":
-            requantized = _requantize_float_inputs(g, set(infos) - int8, calib.ranges,
-                                                   act_dtype)
-            out_requantized = _requantize_int8_outputs(g, int8, calib.ranges, act_dtype)
+            requantized = rq.requantize_float_inputs(g, set(infos) - int8, calib.ranges,
+                                                     act_dtype)
+            out_requantized = rq.requantize_int8_outputs(g, int8, calib.ranges, act_dtype)
             for n in [x for x in g if x.name in int8]:
                 if qz.int32_bias_add(g, n):
                     qparams[n.name]["bias"] = "int32"
@@ -407,6 +354,19 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     order: list[str] = []
     budget_info: dict[str, Any] = {}
     eligible = [k for k in infos if gains[k] > 0 and k not in keep_float]
+    picked: dict[str, Sensitivity] = {}
+    range_choice: dict[str, Any] = {}
+    if calib.alternatives and calib.samples:
+        int8_all = precision == "int8" or int8_only
+        layers_q = [k for k in infos if k not in keep_float] if int8_all else eligible
+        if layers_q and (int8_all or opts["sensitivity"]):
+            best, totals, picked = pick_ranges(graph, layers_q, make_lower, calib)
+            calib = dataclasses.replace(calib, ranges=calib.alternatives[best],
+                                        method=f"auto: {best}")
+            range_choice = {"picked": best, "summed_layer_noise": totals,
+                            "why": "least summed output noise of the quantized layers, "
+                                   "each quantized alone (one session)"}
+    lower = make_lower(calib.ranges)
     if int8_only and keep_float & set(infos):
         raise ConstraintError(
             f"keep_float {sorted(keep_float & set(infos))[:3]} cannot be honoured: "
@@ -421,7 +381,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
         budget_info = {"kind": "none", "why": "sensitivity off: int8 wherever predicted "
                        "faster, no accuracy budget applied"}
     else:
-        sens = local_sensitivity(graph, eligible, lower, calib)
+        sens = picked or local_sensitivity(graph, eligible, lower, calib)
         costs = {k: v.noise for k, v in sens.items()}
         if metric is not None:
             budget = float(opts["max_metric_loss"])
@@ -497,7 +457,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
     t_mixed = sum(times[k][1] if k in chosen_set else times[k][0] for k in times)
     report["budget"] = budget_info
     report["calibration"] = {"method": calib.method, "samples": calib.n_samples,
-                             "kept_for_sensitivity": len(calib.samples)}
+                             "kept_for_sensitivity": len(calib.samples), **range_choice}
     report["totals"] = {"layers": len(infos), "int8": len(chosen_set),
                         fprec: len(infos) - len(chosen_set),
                         "predicted_speedup_quantizable_layers":

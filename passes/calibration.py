@@ -8,7 +8,13 @@ O(#tensors x bins), not O(#samples). Observers:
 - `percentile`: a fixed-size histogram; [lo, hi] are the (100 - p) and p percentiles;
 - `entropy`: the TensorRT / ONNX Runtime KL method on the magnitude histogram: the threshold t
   minimises KL(P || Q) where P is the histogram clipped at t (outliers folded into the last bin)
-  and Q is P requantized to the number of int8 levels; [lo, hi] = [max(min, -t), min(max, t)].
+  and Q is P requantized to the number of int8 levels; [lo, hi] = [max(min, -t), min(max, t)];
+- `mse`: the range minimising the expected squared error of 8-bit asymmetric quantization over
+  the histogram, clipping (values outside [lo, hi] become lo or hi) plus rounding (step
+  D = (hi - lo) / 255, D^2 / 12 per value inside), over a grid of tail quantiles on each side;
+- `auto` (`collect` only): one histogram per tensor, and the ranges of every method in
+  `AUTO_METHODS` (`CalibrationResult.alternatives`); the caller picks one per model by the
+  error it causes (`compiler.precision_api` picks by the layers' local output noise).
 
 The histogram never stores samples: when a batch falls outside [lo, hi] the range doubles
 towards it and adjacent bin pairs merge, which is exact, so the histogram of a stream equals
@@ -36,9 +42,11 @@ from compiler.ir import Graph
 
 __all__ = ["CalibrationResult", "ChannelMeanObserver", "HistogramObserver", "MinMaxObserver",
            "collect", "make_observer", "make_session", "placeholder_calibration", "run_model",
-           "with_outputs", "METHODS"]
+           "with_outputs", "AUTO_METHODS", "METHODS"]
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
+AUTO_METHODS = ("percentile", "mse", "minmax")  # ties go to the first
+_MSE_TAILS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 
 
 class MinMaxObserver:
@@ -106,13 +114,38 @@ class HistogramObserver(MinMaxObserver):
         return np.linspace(self.lo, self.hi, self.bins + 1)
 
     def range(self) -> tuple[float, float]:
+        return self.range_for(self.method)
+
+    def range_for(self, method: str) -> tuple[float, float]:
+        """The range `method` picks from this histogram (minmax: the running extremes)."""
         if self.hist is None or self.hist.sum() == 0:
             return super().range()
-        if self.method == "percentile":
+        if method == "percentile":
             return self._percentile_range()
-        if self.method == "entropy":
+        if method == "entropy":
             return self._entropy_range()
+        if method == "mse":
+            return self._mse_range()
         return super().range()
+
+    def _mse_range(self) -> tuple[float, float]:
+        assert self.hist is not None
+        edges = self._edges()
+        centers = (edges[:-1] + edges[1:]) / 2
+        h = self.hist.astype(np.float64)
+        cdf = np.cumsum(h) / h.sum()
+        los = np.array([edges[int(np.searchsorted(cdf, q))] if q else self.min
+                        for q in _MSE_TAILS])
+        his = np.array([edges[min(int(np.searchsorted(cdf, 1 - q)) + 1, self.bins)] if q
+                        else self.max for q in _MSE_TAILS])
+        lo = np.minimum(np.maximum(los, self.min), 0.0)[:, None, None]  # zero is exact
+        hi = np.maximum(np.minimum(his, self.max), 0.0)[None, :, None]
+        step = np.maximum(hi - lo, 1e-30) / 255.0
+        c = centers[None, None, :]
+        err = np.where(c < lo, (c - lo) ** 2, np.where(c > hi, (c - hi) ** 2, step ** 2 / 12))
+        total = (err * h).sum(axis=2)
+        i, j = np.unravel_index(int(np.argmin(total)), total.shape)
+        return max(self.min, float(los[i])), min(self.max, float(his[j]))
 
     def _percentile_range(self) -> tuple[float, float]:
         cdf = np.cumsum(self.hist) / self.hist.sum()
@@ -186,8 +219,8 @@ def make_observer(method: str = "minmax", **kw) -> MinMaxObserver:
     """An observer for `method` in METHODS; `kw` goes to HistogramObserver."""
     if method == "minmax":
         return MinMaxObserver()
-    if method in ("percentile", "entropy"):
-        return HistogramObserver(method, **kw)
+    if method in ("percentile", "entropy", "mse", "auto"):
+        return HistogramObserver("percentile" if method == "auto" else method, **kw)
     raise ConstraintError(f"unknown calibration method {method!r}; choose one of {METHODS}")
 
 
@@ -215,7 +248,8 @@ def run_model(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
 @dataclass
 class CalibrationResult:
     """Per-tensor ranges and shapes, kept samples and their FP32 outputs, and the requested
-    per-channel means keyed by (tensor, axis)."""
+    per-channel means keyed by (tensor, axis). With method "auto", `alternatives` holds the
+    ranges of each of `AUTO_METHODS` and `ranges` the percentile ones until a caller picks."""
 
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -224,6 +258,7 @@ class CalibrationResult:
     n_samples: int = 0
     method: str = "minmax"
     means: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    alternatives: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 def with_outputs(graph: Graph, names: Iterable[str]) -> onnx.ModelProto:
@@ -271,6 +306,9 @@ def collect(graph: Graph, tensors: Iterable[str], calibration: Iterable[Mapping]
     if res.n_samples == 0:
         raise ConstraintError("the calibration data holds no samples")
     res.ranges = {t: tuple(float(x) for x in o.range()) for t, o in obs.items()}
+    if method == "auto":
+        res.alternatives = {m: {t: tuple(float(x) for x in o.range_for(m))  # type: ignore
+                                for t, o in obs.items()} for m in AUTO_METHODS}
     res.means = {k: v for k, m in mean_obs.items() if (v := m.value()) is not None}
     return res
 

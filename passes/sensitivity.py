@@ -30,7 +30,7 @@ Values are rounded to 9 significant digits so the same inputs always rank the sa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,7 +38,8 @@ import numpy as np
 from compiler.ir import Graph, Node, Value
 from passes.calibration import CalibrationResult, make_session, run_model, with_outputs
 
-__all__ = ["Sensitivity", "clone", "compare_outputs", "evaluate", "local_sensitivity"]
+__all__ = ["Sensitivity", "clone", "compare_outputs", "evaluate", "local_sensitivity",
+           "pick_ranges"]
 
 Metric = Callable[[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]], float]
 
@@ -95,9 +96,14 @@ def evaluate(graph: Graph, calib: CalibrationResult, metric: Metric | None = Non
 
 
 def _accumulate(acc: np.ndarray, ref: np.ndarray, got: np.ndarray) -> None:
+    """acc += (|a|^2, |b - a|^2, a.b, |b|^2) in float64; elementwise products and pairwise sums,
+    not BLAS dots (whose thread pool stalls on a loaded machine; pairwise sums are exact
+    enough and the same on every machine)."""
     a = np.asarray(ref, np.float64).ravel()
     b = np.asarray(got, np.float64).ravel()
-    acc += (float(a @ a), float((b - a) @ (b - a)), float(a @ b), float(b @ b))
+    d = b - a
+    acc += (float(np.square(a).sum()), float(np.square(d).sum()), float((a * b).sum()),
+            float(np.square(b).sum()))
 
 
 def _from_sums(sig: float, err: float, dot: float, nq: float) -> Sensitivity:
@@ -108,29 +114,51 @@ def _from_sums(sig: float, err: float, dot: float, nq: float) -> Sensitivity:
 
 
 def local_sensitivity(graph: Graph, layers: Iterable[str],
-                      lower: Callable[[Graph, Node], object], calib: CalibrationResult,
-                      threads: int = 2) -> dict[str, Sensitivity]:
+                      lower: Callable[[Graph, Node], object] | Mapping[str, Callable],
+                      calib: CalibrationResult, threads: int = 2) -> dict:
     """Noise each named layer's own lowering adds to its output (see the module docstring):
-    one graph copy with a lowered twin per layer, one session, one pass over the samples."""
+    one graph copy with a lowered twin per layer, one session, one pass over the samples.
+    `lower` may be a mapping {variant: lowering}: then every layer gets one twin per variant
+    (still one session) and the result is {variant: {layer: Sensitivity}}."""
+    variants = dict(lower) if isinstance(lower, Mapping) else {"": lower}
     names = list(dict.fromkeys(layers))
     if not names or not calib.samples:
-        return {}
+        return {v: {} for v in variants} if isinstance(lower, Mapping) else {}
     g = clone(graph)
     by_name = {n.name: n for n in g}
-    pairs: dict[str, tuple[str, str]] = {}
+    pairs: dict[tuple[str, str], tuple[str, str]] = {}
     for name in names:
         n = by_name[name]
         y = n.outputs[0]
-        out = Value(g.unique_name(y.name + "/lowered"), y.dtype, y.shape)
-        twin = Node(n.op_type, list(n.inputs), [out], domain=n.domain,
-                    name=g.unique_name(name + "/lowered"), attrs=dict(n.attrs))
-        g.insert_after(n, twin)
-        lower(g, twin)
-        pairs[name] = (y.name, out.name)
+        for var, fn in variants.items():
+            out = Value(g.unique_name(y.name + "/lowered"), y.dtype, y.shape)
+            twin = Node(n.op_type, list(n.inputs), [out], domain=n.domain,
+                        name=g.unique_name(name + "/lowered"), attrs=dict(n.attrs))
+            g.insert_after(n, twin)
+            fn(g, twin)
+            pairs[var, name] = (y.name, out.name)
     sess = make_session(with_outputs(g, [t for p in pairs.values() for t in p]), threads)
-    sums = {name: np.zeros(4) for name in names}
+    sums = {key: np.zeros(4) for key in pairs}
     for feeds in calib.samples:
         got = run_model(sess, feeds)
-        for name, (ref, low) in pairs.items():
-            _accumulate(sums[name], got[ref], got[low])
-    return {name: _from_sums(*sums[name]) for name in names}
+        for key, (ref, low) in pairs.items():
+            _accumulate(sums[key], got[ref], got[low])
+    out = {var: {name: _from_sums(*sums[var, name]) for name in names} for var in variants}
+    return out if isinstance(lower, Mapping) else out[""]
+
+
+def pick_ranges(graph: Graph, layers: Iterable[str],
+                make_lower: Callable[[Mapping], Callable[[Graph, Node], object]],
+                calib: CalibrationResult, threads: int = 2
+                ) -> tuple[str, dict[str, float], dict[str, Sensitivity]]:
+    """The calibration method (of `calib.alternatives`, ties to the first) whose ranges make the
+    named layers' own output noise smallest in total, all methods in one session. Returns
+    (method, {method: summed relative noise}, the picked method's per-layer sensitivities).
+    `make_lower(ranges)` gives the lowering that uses `ranges`."""
+    alts = calib.alternatives
+    got = local_sensitivity(graph, layers, {m: make_lower(r) for m, r in alts.items()}, calib,
+                            threads)
+    totals = {m: _r(sum(s.noise for s in got[m].values())) for m in alts}
+    order = list(alts)  # ties: the first method listed
+    best = min(totals, key=lambda m: (totals[m], order.index(m)))
+    return best, totals, got[best]
