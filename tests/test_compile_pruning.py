@@ -125,3 +125,12 @@ def test_auto_pruning_picks_the_fastest_candidate_within_budget():
         assert auto["predicted_ms"] <= auto["predicted_ms_unpruned"]
     with pytest.raises(ConstraintError, match="calibration"):
         compiler.prune(_net(), "auto")
+
+
+def test_host_channel_alignment_follows_the_simd_width():
+    from targets.host import channel_alignment
+
+    assert channel_alignment(("sse4_2", "avx", "avx2", "fma"), "x86_64") == 8
+    assert channel_alignment(("avx2", "avx512f", "avx512bw"), "x86_64") == 16
+    assert channel_alignment(("sse4_2",), "x86_64") == 1
+    assert channel_alignment(("neon",), "aarch64") == 1

@@ -369,3 +369,42 @@ def test_pass_meets_the_flops_target_and_keeps_numerics_valid(ratio):
     import onnx
 
     onnx.checker.check_model(out, full_check=True)
+
+
+def test_llama_style_decoder_swiglu_units_prune_exactly_and_kv_heads_say_why_not():
+    """The zoo's exported Llama-style decoder (GQA, SwiGLU, RoPE, KV cache in and out)."""
+    from compiler import zoo
+    from compiler.onnx_io import export_onnx
+
+    g = compiler.optimize(str(zoo.get("decoder")), "simplify")
+    mlp = {}
+    for n in g:
+        for part in ("gate_proj", "up_proj", "down_proj"):
+            if f"layers.0/mlp/{part}/" in n.name and n.op_type == "MatMul":
+                mlp[part] = n
+    zero = [3, 100, 500]
+    for part, n in mlp.items():
+        w = np.array(constant_value(n.inputs[1]))
+        if part == "down_proj":
+            w[zero] = 0
+        else:
+            w[:, zero] = 0
+        n.set_input(1, g.make_constant(w, part))
+    before = export_onnx(g)
+    infer_shapes(g)
+    a = analyze(g)
+    names = [gr.name for gr in a.groups]
+    assert len(names) == 4 and all("gate_proj" in x and "(+1 coupled)" in x for x in names)
+    # heads: the KV cache concatenates them with past_key_values (a graph input)
+    reasons = " ".join(u.reason for u in a.unprunable if "self_attn/Reshape" in u.name)
+    assert "Concat" in reasons and "untraced" in reasons
+    zero_units = _zero_units(a)
+    assert len(zero_units) == 3
+    apply_plan(a, zero_units)
+    assert constant_value(mlp["down_proj"].inputs[1]).shape[0] == 688 - 3
+    feeds = zoo.example_inputs("decoder", batch=2)
+    from tests.helpers import run_ort
+
+    ref, got = run_ort(before, feeds), run_ort(export_onnx(g), feeds)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], atol=1e-4, err_msg=k)

@@ -12,7 +12,8 @@ one Conv and everything coupled to them through a residual chain, or the heads o
 or the hidden units of one gated MLP. Groups are what importance is standardized over and what
 the manifest reports (kept/removed). Grouped convolutions add a block constraint: every block
 (one conv group) loses the same number of units. A group with no free unit is *unprunable* and
-keeps the first reason one of its atoms was pinned.
+keeps the first reason one of its atoms was pinned; it is reported by the layer that created
+the channels, or for a split axis (heads, head_dim) as "<Reshape> axis <j>".
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ class Analysis:
 def _shorten(births: list[str]) -> str:
     names = sorted({b.rsplit(":", 1)[0] for b in births})
     return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} coupled)"
+
+
+def _birth_name(birth: str) -> str:
+    """A creating layer's name; a split's factor axis as 'Reshape name axis j'."""
+    node, role = birth.rsplit(":", 1)
+    return node if role == "out" else f"{node} {role[:4]} {role[4:]}"
 
 
 def analyze(graph: Graph) -> Analysis:
@@ -174,12 +181,13 @@ def analyze(graph: Graph) -> Analysis:
     seen: dict[str, str] = {}
     for a in range(n):
         birth = A.birth[a]
-        if not birth.endswith(":out") or birth in seen:
+        role = birth.rsplit(":", 1)[-1]
+        if not (role == "out" or role.startswith("axis")) or birth in seen:
             continue
         r = A.find(a)
         if r in rr and not any(A.find(b) in unit_group for b in members[r]):
             seen[birth] = rr[r]
     free_births = {A.birth[a] for u in unit_group for a in members[u]}
-    analysis.unprunable = [Group(b.rsplit(":", 1)[0], [], reason=why)
+    analysis.unprunable = [Group(_birth_name(b), [], reason=why)
                            for b, why in seen.items() if b not in free_births]
     return analysis
