@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["io", "backends", "fusion", "precision", "cost", "npu", "pruning", "fpga"]
+ALL = ["io", "backends", "fusion", "precision", "cost", "cost_outside", "npu", "pruning", "fpga"]
 
 
 def main(argv: list[str]) -> int:

