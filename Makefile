@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch comes from the local wheel; pin it so pip never pulls a CUDA build.
 TORCH   := torch==2.13.0
 
-.PHONY: demo test test-fast bench lint clean sysdeps corpus
+.PHONY: demo test test-fast fuzz bench lint clean sysdeps corpus
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -45,6 +45,13 @@ test: $(STAMP) sysdeps $(CORPUS)
 
 test-fast: $(STAMP) $(CORPUS)
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The mutation fuzzer's long profile (issue #21; the fast profile runs in `make test`): counts
+# compiled / refused / internal, exit 1 on any internal error. CASES=... SEED=... to vary.
+CASES ?= 5000
+SEED  ?= 1
+fuzz: $(STAMP) $(CORPUS)
+	$(BIN)/python -m tests.fuzz.run --cases $(CASES) --seed $(SEED)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
