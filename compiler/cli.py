@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from compiler.errors import CompileError
+from compiler.errors import CompileError, InternalCompilerError
 
 __all__ = ["main"]
 
@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except InternalCompilerError as e:  # edgec's bug, located: one line naming the pass
+        msg = " ".join(str(e).split())
+        print(f"edgec: internal error: {msg}", file=sys.stderr)
+        return 1
     except Exception as e:  # an internal bug: say so, keep the traceback for the report
         import traceback
 

@@ -24,10 +24,19 @@ import onnx
 
 from compiler import verify as verify_mod
 from compiler.artifact import Artifact, commit_bundle, staging_dir, write_manifest
-from compiler.errors import CompileError, ConstraintError, UnknownBackendError, VerificationError
+from compiler.diagnose import StepFailed, blame
+from compiler.errors import (
+    CompileError,
+    ConstraintError,
+    RuntimeRefusedError,
+    UnknownBackendError,
+    VerificationError,
+)
+from compiler.inputs import check_calibration, check_shapes, check_signature, dim_bindings
 from compiler.ir import Graph
 from compiler.onnx_io import import_onnx, load_model_proto
 from compiler.pipeline import DEFAULT_PIPELINE, PassManager, get_pipeline
+from compiler.resources import CAP_OPTION
 from passes.base import Pass, PassContext, get_pass
 from passes.normalize import normalize
 from passes.opset_policy import describe as describe_opset
@@ -169,7 +178,9 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     source = _Source(model, example_inputs)
     graph = source.graph
     source_opset = graph.opset_imports.get("")
-    _check_shapes(graph, shapes)
+    check_signature(graph, source.proto)
+    check_shapes(graph, shapes)
+    original = source.reference()  # before any pass (a Graph source is changed in place)
     search_result = None
     options = dict(options or {})
     if backend == "auto":
@@ -181,8 +192,18 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
         raise ConstraintError(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     _check_precision(profile, precision)
+    calibration = _calibration(calibration, graph)
+    check_calibration(calibration, graph)
+    # Verification's inputs are chosen before anything is built: a model ONNX Runtime refuses
+    # stops here, and their sizes bind the symbolic dims the search and prediction cost.
+    plan = None
+    if verify:
+        feeds = None if _is_torch_module(model) else verify_mod.first_feeds(example_inputs)
+        plan = verify_mod.plan(original, graph, feeds or verify_mod.first_feeds(calibration),
+                               shapes, options)
+    bindings, bound_by = dim_bindings(graph, shapes, plan)
     if backend is None or (precision is None and (calibration is not None or budget)):
-        search_result = _search(graph, profile, backend, precision, constraints, shapes,
+        search_result = _search(graph, profile, backend, precision, constraints, bindings,
                                 calibration is not None)
         choice = search_result.choice.config
         backend, precision = choice["backend"], choice["precision"]
@@ -200,42 +221,60 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
                f"{len(search_result.candidates)} configurations predicted, runners-up in "
                "manifest['search'])")
     ctx = PassContext(profile=profile, backend=be, shapes=shapes, options=options)
-    calibration = _calibration(calibration, graph)
-    records: list[dict[str, Any]] = []
-    stages = _passes(passes, pipeline)
-    # Precision goes in after BN folding and before fusion: a fused op (FusedConv, attention)
-    # would hide the Q/DQ pattern that backends turn into integer kernels.
-    before, after = split_at_fusion(stages)
-    for pm in before:
-        pm.run(graph, ctx)
-        records.extend(pm.summary())
-    reference, pruning_report = source, None
-    if pruning is not None:  # on the simplified graph, before precision and fusion
-        from compiler.prune_api import apply_pruning
-
-        pruning_report, reference = apply_pruning(graph, source, profile, pruning, calibration,
-                                                  metric, shapes, constraints)
-    if precision != "fp32" and after:
-        pm = PassManager([get_pass("fusion", rule_sets=("conv_bn",))])
-        pm.run(graph, ctx)
-        records.extend(pm.summary())
-    precision_report = _apply_precision(graph, profile, be, precision, calibration,
-                                        constraints, metric)
-    for pm in after:
-        pm.run(graph, ctx)
-        records.extend(pm.summary())
     config = BuildConfig(precision=precision, options=options, shapes=shapes,
                          allow_fallback=bool((constraints or {}).get("allow_fallback", True)),
                          samples=tuple(list(calibration or ())[:4])
                          if isinstance(calibration, (list, tuple)) else ())
-    report = be.legality(graph, profile, config)
+    pruned: dict[str, Any] = {"reference": None, "report": None}
+
+    def prune(g: Graph) -> None:  # on the simplified graph, before precision and fusion
+        from compiler.prune_api import apply_pruning
+
+        pruned["report"], pruned["reference"] = apply_pruning(
+            g, source, profile, pruning, calibration, metric, shapes, constraints)
+
+    def lower(g: Graph, after=None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        return _lower(g, ctx, _passes(passes, pipeline), precision, calibration, constraints,
+                      metric, prune if pruning is not None else None, after)
+
+    def fresh() -> Graph:
+        return import_onnx(original, base_dir=source.base_dir)
+
+    def diagnosed(error: BaseException, step: str) -> Exception:
+        if step == "precision" and plan is None:  # calibration runs the model in ONNX Runtime
+            verify_mod.Reference(original)
+        return blame(error, step, be=be, profile=profile, config=config, fresh=fresh,
+                     replay=lambda g, after: lower(g, after),
+                     feeds=plan.feeds if plan is not None else None)
+
+    def guarded(step: str, run: Callable[[], Any]) -> Any:
+        """`run()`, with a runtime's error (or its refusal) diagnosed as coming from `step`."""
+        try:
+            return run()
+        except RuntimeRefusedError as e:
+            raise diagnosed(e, step) from None
+        except (CompileError, MemoryError):
+            raise
+        except Exception as e:
+            raise diagnosed(e, step) from None
+
+    try:
+        records, precision_report = lower(graph)
+    except StepFailed as e:
+        raise diagnosed(e.error, e.step) from None
+    pruning_report = pruned["report"]
+    if pruned["reference"] is not None and plan is not None:  # the pruned graph is the reference
+        plan = verify_mod.plan(pruned["reference"].reference(), graph, plan.feeds, shapes,
+                               options) if plan.feeds is not None else plan
+    report = guarded("legality", lambda: be.legality(graph, profile, config))
     report.check(config.allow_fallback)
-    prediction = _predict(graph, be.name, precision, records, config, profile, shapes)
+    prediction = _predict(graph, be.name, precision, records, config, profile, bindings)
+    prediction.assumptions.append(bound_by)
 
     stage = staging_dir(out_dir)
     try:
-        files = be.emit(graph, profile, config, str(stage))
-        files += be.build(str(stage), profile, config)
+        files = guarded("emit", lambda: be.emit(graph, profile, config, str(stage))
+                        + be.build(str(stage), profile, config))
         built = be.predicted(str(stage))
         if built:
             prediction.assumptions.append(built.pop("source"))
@@ -263,15 +302,19 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             "versions": _versions(be),
             **extra,
         }
-        if verify:
-            feeds = None if _is_torch_module(model) else verify_mod.first_feeds(example_inputs)
-            rep = _verify_bundle(reference, be, stage, manifest, graph, profile, precision,
-                                 shapes, feeds or verify_mod.first_feeds(calibration))
+        if plan is not None:
+            rep = guarded("verification", lambda: _verify_bundle(plan, be, stage, manifest,
+                                                                  profile, precision))
             manifest["verification"] = rep.to_dict()
             if rep.passed is False:
+                odd = [k for k, o in rep.outputs.items() if set(o) - {
+                    "max_abs_error", "max_abs_reference", "cosine"}]
                 raise VerificationError(
                     f"the compiled model's outputs differ from the original on {profile.name}/"
-                    f"{be.name} ({rep.runner}): max abs error {rep.max_abs_error:.3g} "
+                    f"{be.name} ({rep.runner}): "
+                    + (f"outputs {odd}: missing, of another shape, or NaN/Inf where the "
+                       "reference has none (or the reverse); " if odd else "")
+                    + f"max abs error {rep.max_abs_error:.3g} "
                     f"(reference max {rep.max_abs_reference:.3g}), cosine {rep.cosine:.6f}; "
                     f"tolerance {rep.tolerance}")
         manifest["compile_seconds"] = round(time.perf_counter() - t0, 3)
@@ -292,6 +335,43 @@ def _check_precision(profile, precision: str | None) -> None:
         raise ConstraintError(
             f"{profile.name} does not support {precision}; it supports "
             f"{', '.join(profile.precisions)}")
+
+
+def _lower(graph: Graph, ctx: PassContext, stages: list[PassManager], precision: str,
+           calibration, constraints, metric, prune=None, after=None
+           ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The pipeline with pruning and precision between its stages: after simplification and BN
+    folding, before fusion (a fused op, FusedConv or attention, would hide the Q/DQ pattern
+    that backends turn into integer kernels). `after(step, graph)` as in PassManager.run."""
+    records: list[dict[str, Any]] = []
+    before, rest = split_at_fusion(stages)
+    for pm in before:
+        pm.run(graph, ctx, after)
+        records.extend(pm.summary())
+    if prune is not None:
+        prune(graph)
+        if after is not None:
+            after("pruning", graph)
+    if precision != "fp32" and rest:
+        pm = PassManager([get_pass("fusion", rule_sets=("conv_bn",))])
+        pm.run(graph, ctx, after)
+        records.extend(pm.summary())
+    cons = dict(constraints or {})
+    if CAP_OPTION in ctx.options:  # the memory cap reaches the calibration buffers
+        cons[CAP_OPTION] = ctx.options[CAP_OPTION]
+    try:
+        precision_report = _apply_precision(graph, ctx.profile, ctx.backend, precision,
+                                            calibration, cons, metric)
+    except (CompileError, MemoryError):
+        raise
+    except Exception as e:  # a runtime's error (calibration runs ONNX Runtime): diagnosed
+        raise StepFailed("precision", e) from e
+    if after is not None and precision != "fp32":
+        after("precision", graph)
+    for pm in rest:
+        pm.run(graph, ctx, after)
+        records.extend(pm.summary())
+    return records, precision_report
 
 
 def _calibration(calibration: Any, graph: Graph) -> Any:
@@ -325,11 +405,10 @@ def _apply_precision(graph: Graph, profile, be, precision: str, calibration, con
 
 
 def _search(graph: Graph, profile, backend: str | None, precision: str | None, constraints,
-            shapes, calibrated: bool):
+            bindings: dict[str, int], calibrated: bool):
     """The cost-model search over what the user left open. Precision, when not given: fp32
     only (lossless) unless the user accepts a loss, by calibration data (every precision) or
     `max_accuracy_drop` alone (the cast precisions, which need no calibration)."""
-    from compiler.cost.model import bindings_from_shapes
     from compiler.search import search
 
     cons = dict(constraints or {})
@@ -350,13 +429,13 @@ def _search(graph: Graph, profile, backend: str | None, precision: str | None, c
             f"chosen: pass precision='{profile.precisions[0]}' (CLI: --precision "
             f"{profile.precisions[0]}) with calibration data (--calib)")
     return search(graph, profile, objective=objective, constraints=cons,
-                  bindings=bindings_from_shapes(graph, shapes),
-                  backends=[backend] if backend else None, precisions=precisions)
+                  bindings=bindings, backends=[backend] if backend else None,
+                  precisions=precisions)
 
 
-def _predict(graph: Graph, backend: str, precision: str, records, config, profile, shapes):
+def _predict(graph: Graph, backend: str, precision: str, records, config, profile,
+             bindings: dict[str, int]):
     from compiler.cost import predict
-    from compiler.cost.model import bindings_from_shapes
 
     fused = any(r["pass"] == "fusion" for r in records)
     if backend == "onnxruntime":  # ORT's own fusions and NCHWc layouts: at level "all" only
@@ -366,27 +445,10 @@ def _predict(graph: Graph, backend: str, precision: str, records, config, profil
     return predict(graph, {"backend": backend, "precision": precision, "fusion": fused,
                            "threads": config.option("threads", 0),
                            "power_mode": config.option("power_mode")},
-                   profile, bindings=bindings_from_shapes(graph, shapes))
+                   profile, bindings=bindings)
 
 
-def _check_shapes(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    names = {v.name: v for v in graph.inputs}
-    for k, dims in shapes.items():
-        v = names.get(k)
-        if v is None:
-            raise CompileError(
-                f"shape given for {k!r}, which is not a model input; inputs: "
-                f"{', '.join(names)}")
-        if v.shape is not None and len(v.shape) != len(dims):
-            raise CompileError(f"input {k!r} has rank {len(v.shape)}, shape {dims} has "
-                               f"rank {len(dims)}")
-        for i, (have, want) in enumerate(zip(v.shape or (), dims)):
-            if isinstance(have, int) and have != want:
-                raise CompileError(f"input {k!r} dim {i} is fixed at {have}, not {want}")
-
-
-def _verify_bundle(source: _Source, be, stage: Path, manifest: dict, graph: Graph, profile,
-                   precision: str, shapes, feeds: dict[str, np.ndarray] | None):
+def _verify_bundle(plan, be, stage: Path, manifest: dict, profile, precision: str):
     """Run the bundle here, or, for another device, the graph it carries (a stand-in runner
     such as ONNX Runtime on TensorRT's strongly typed ONNX), against the reference."""
     if be.can_run(profile):
@@ -398,39 +460,17 @@ def _verify_bundle(source: _Source, be, stage: Path, manifest: dict, graph: Grap
                 passed=None, skipped=f"{be.name} artifacts for {profile.name} cannot run on "
                 "this machine and the backend has no stand-in runner")
         runner, what = proxy
-    rep = _verify(source, runner, graph, feeds, shapes, precision)
+    if plan.feeds is None:
+        log.warning("verification skipped: %s", plan.origin)
+    rep = plan.check(runner, precision)
     rep.runner = what
     return rep
 
 
-def _verify(source: _Source, runner, graph: Graph,
-            feeds: dict[str, np.ndarray] | None, shapes, precision: str):
-    ref_model = source.reference()
-    if feeds is not None:
-        origin = "example inputs / calibration sample"
-    else:
-        def accept(f: dict[str, np.ndarray]) -> bool:
-            try:
-                verify_mod.reference_outputs(ref_model, f)
-                return True
-            except Exception:
-                return False
-
-        feeds, origin = verify_mod.make_inputs(graph, shapes=shapes, accept=accept)
-        if feeds is None:
-            log.warning("verification skipped: %s", origin)
-            return verify_mod.VerifyReport(passed=None, skipped=origin)
-    ref = verify_mod.reference_outputs(ref_model, feeds)
-    got = runner.run(feeds)
-    rep = verify_mod.compare(ref, got, verify_mod.TOLERANCES[precision])
-    rep.inputs_from = origin
-    rep.input_shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
-    return rep
-
-
 def _signature(values) -> list[dict[str, Any]]:
-    return [{"name": v.name, "dtype": onnx.TensorProto.DataType.Name(v.dtype) if v.dtype
-             else None, "shape": list(v.shape) if v.shape is not None else None}
+    names = {n: k for k, n in onnx.TensorProto.DataType.items()}
+    return [{"name": v.name, "dtype": names.get(v.dtype, v.dtype) if v.dtype else None,
+             "shape": list(v.shape) if v.shape is not None else None}
             for v in values if v.const is None]
 
 

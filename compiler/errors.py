@@ -4,9 +4,18 @@ Every problem caused by the user's input (an unreadable model, an unknown target
 constraint, an op a target cannot run) raises a `CompileError` subclass whose message says what
 is wrong and what to do. The CLI prints that message on one line and exits with status 2; any
 other exception is an internal bug (exit status 1).
+
+When a runtime refuses a graph, who is to blame decides the class: a runtime that refuses the
+user's ORIGINAL model raises `RuntimeRefusedError` (the model's problem, with the runtime's
+reason); a runtime that refuses a graph edgec produced from a model it accepts raises
+`InternalCompilerError`, naming the pass that produced it. That one is not a CompileError: it
+is edgec's bug, and the CLI reports it as such (exit status 1).
 """
 
 from __future__ import annotations
+
+import re
+import tempfile
 
 __all__ = [
     "CompileError",
@@ -19,6 +28,10 @@ __all__ = [
     "MissingDependencyError",
     "PassError",
     "VerificationError",
+    "RuntimeRefusedError",
+    "ResourceError",
+    "InternalCompilerError",
+    "runtime_reason",
 ]
 
 
@@ -68,3 +81,43 @@ class PassError(CompileError):
 
 class VerificationError(CompileError):
     """The compiled artifact's outputs do not match the reference within tolerance."""
+
+
+class RuntimeRefusedError(InvalidModelError):
+    """A runtime (ONNX Runtime, OpenVINO, TVM) refuses the user's model as given; the message
+    carries the runtime's own reason, without the temporary paths it names."""
+
+
+class ResourceError(CompileError):
+    """Building would allocate more memory than the machine has free or the configured cap
+    (`options={"memory_cap_mb": N}`) allows; checked before allocating."""
+
+
+class InternalCompilerError(Exception):
+    """edgec produced a graph a runtime refuses although the runtime accepts the original
+    model: a bug in the named pass, not a problem of the model (CLI exit status 1)."""
+
+    def __init__(self, message: str, pass_name: str | None = None) -> None:
+        super().__init__(message)
+        self.pass_name = pass_name
+
+
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_LOAD_FROM = re.compile(r"Load model from .*? failed:\s*")
+_SOURCE_LINE = re.compile(r"^(Exception from |Check '.*' failed at )?\S*src/\S+:\d+:?\s*$")
+_SOURCE_REF = re.compile(r"(/onnxruntime_src|\S*src/\S+\.(cc|cpp|h|hpp)):\d+( \S+)?")
+
+
+def runtime_reason(error: BaseException, limit: int = 300) -> str:
+    """A runtime's error as one line a user can read: without ONNX Runtime's status prefix,
+    without the source-file trail OpenVINO prints, and without temporary paths (a staging
+    folder's name means nothing to the user; its file's base name is kept)."""
+    text = _ORT_PREFIX.sub("", str(error))
+    text = _LOAD_FROM.sub("", text)
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not _SOURCE_LINE.match(ln)]
+    text = _SOURCE_REF.sub("", " ".join(lines))
+    tmp = re.escape(tempfile.gettempdir().rstrip("/"))
+    text = re.sub(tmp + r"/\S*?([^/\s]+)(?=[\s:,;)'\"]|$)", r"\1", text)
+    text = " ".join(text.split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

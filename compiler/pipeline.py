@@ -8,7 +8,7 @@ says which pass failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,10 @@ class PassManager:
     max_iterations: int = 8
     records: list[PassRecord] = field(default_factory=list)
 
-    def run(self, graph: Graph, ctx: PassContext | None = None) -> bool:
+    def run(self, graph: Graph, ctx: PassContext | None = None,
+            after: Callable[[str, Graph], None] | None = None) -> bool:
+        """Run the passes; `after(pass_name, graph)` is called after each pass that changed
+        the graph (compiler.diagnose replays a pipeline with it to find a pass at fault)."""
         ctx = ctx or PassContext()
         changed_any = False
         for it in range(self.max_iterations if self.fixed_point else 1):
@@ -67,6 +70,8 @@ class PassManager:
                         f"{type(e).__name__}: {e}") from e
                 self.records.append(PassRecord(p.name, it, result, time.perf_counter() - t0))
                 changed |= result.modified
+                if after is not None and result.modified:
+                    after(p.name, graph)
             changed_any |= changed
             if not changed:
                 break

@@ -288,7 +288,7 @@ def _int8(graph: Graph, profile, be: str, precision: str, samples: Iterable[Mapp
                                   "statistics keep none (pass feeds, or sensitivity=False)")
     else:
         calib = collect(graph, tensors, samples, method, keep=int(opts["sensitivity_samples"]),
-                        means=mean_keys, **kw)
+                        means=mean_keys, memory_options=opts, **kw)
     unit = profile.main_unit
     act_dtype = qz.T.INT8 if be == "tensorrt" or int8_only else qz.T.UINT8
     # 7-bit weights on an x86 CPU without VNNI: its int8 dot product (vpmaddubsw) sums u8*s8

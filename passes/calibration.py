@@ -39,6 +39,7 @@ import onnx
 
 from compiler.errors import ConstraintError
 from compiler.ir import Graph
+from compiler.resources import check_allocation
 
 __all__ = ["CalibrationResult", "ChannelMeanObserver", "HistogramObserver", "MinMaxObserver",
            "collect", "make_observer", "make_session", "placeholder_calibration", "run_model",
@@ -80,7 +81,9 @@ class HistogramObserver(MinMaxObserver):
         self.lo = self.hi = 0.0
 
     def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, np.float32).ravel()
+        # float64: a float32 range near +-3.4e38 (or of subnormal width) overflows numpy's
+        # bin arithmetic; the histogram's edges are float64 anyway
+        x = np.asarray(x, np.float64).ravel()
         x = x[np.isfinite(x)]
         if not x.size:
             return
@@ -279,9 +282,11 @@ def with_outputs(graph: Graph, names: Iterable[str]) -> onnx.ModelProto:
 def collect(graph: Graph, tensors: Iterable[str], calibration: Iterable[Mapping],
             method: str = "minmax", *, keep: int = 32, max_samples: int | None = None,
             threads: int = 2, means: Iterable[tuple[str, int]] = (),
-            **observer_kw) -> CalibrationResult:
+            memory_options: Mapping | None = None, **observer_kw) -> CalibrationResult:
     """Run `graph` over `calibration` (feed dicts) and observe `tensors` (value names); for each
-    (tensor, axis) in `means` also the per-channel mean along `axis` (in the same run)."""
+    (tensor, axis) in `means` also the per-channel mean along `axis` (in the same run). The
+    kept samples and outputs are sized before they are kept (compiler.resources; the cap from
+    `memory_options`)."""
     tensors = list(dict.fromkeys(tensors))
     mean_obs = {(t, int(a)): ChannelMeanObserver(int(a)) for t, a in means}
     outputs = [o.name for o in graph.outputs]
@@ -300,6 +305,11 @@ def collect(graph: Graph, tensors: Iterable[str], calibration: Iterable[Mapping]
         for (t, _), m in mean_obs.items():
             m.update(got[t])
         if len(res.samples) < keep:
+            if not res.samples:  # size the kept buffers before filling them
+                per = sum(a.nbytes for a in feeds.values()) + sum(got[o].nbytes for o in outputs)
+                check_allocation(per * keep, f"calibration buffers ({keep} kept samples and "
+                                 "their outputs)", memory_options,
+                                 "pass fewer or smaller calibration samples")
             res.samples.append(feeds)
             res.reference.append({o: got[o] for o in outputs})
         res.n_samples += 1

@@ -5,12 +5,15 @@ overridden at run time), or the output of a `Constant` node, or the `Shape`/`Siz
 whose shape is static. A node with only constant inputs is evaluated with ONNX's reference
 implementation and its outputs become initializers. Folding is refused when it would grow the
 model (an output larger than `max_elements` and larger than all inputs together, as with
-Expand/Tile of a scalar), for nondeterministic ops, for nodes with subgraphs, and for
+Expand/Tile of a scalar; for ops whose output shape is an input's data, such as
+ConstantOfShape and Range, the size is computed from those data before evaluating), for
+nondeterministic ops, for nodes with subgraphs, and for
 QuantizeLinear/DequantizeLinear, whose presence in the graph *is* the precision assignment.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +67,30 @@ def fold_node(node: Node) -> list[np.ndarray] | None:
     return [np.asarray(r) for r in res]
 
 
+def _made_elements(op_type: str, arrays: list[np.ndarray]) -> int | None:
+    """Elements of the output of an op whose output shape is given by its input *values*
+    (ConstantOfShape, Expand, Tile, Range), computed before the op runs: a model that asks for
+    a tensor of 2^62 elements is not folded (the limit check), instead of exhausting memory."""
+    try:
+        if op_type == "ConstantOfShape":
+            return math.prod(max(int(d), 0) for d in arrays[0].ravel())
+        if op_type == "Expand" and len(arrays) == 2:
+            a, b = list(arrays[0].shape), [int(d) for d in arrays[1].ravel()]
+            n = max(len(a), len(b))
+            a, b = [1] * (n - len(a)) + a, [1] * (n - len(b)) + b
+            return math.prod(max(x, y, 0) for x, y in zip(a, b))
+        if op_type == "Tile" and len(arrays) == 2:
+            return arrays[0].size * math.prod(max(int(r), 0) for r in arrays[1].ravel())
+        if op_type == "Range" and len(arrays) == 3:
+            start, stop, step = (float(a.ravel()[0]) for a in arrays)
+            if step == 0 or not all(math.isfinite(x) for x in (start, stop, step)):
+                return 1 << 62  # ONNX's reference would loop forever or fail: never fold
+            return max(math.ceil((stop - start) / step), 0)
+    except (IndexError, ValueError, OverflowError):
+        return 1 << 62
+    return None
+
+
 @register_pass
 class ConstantFolding(Pass):
     """Replace constant subexpressions by initializers (see module docstring)."""
@@ -109,8 +136,11 @@ class ConstantFolding(Pass):
         limit = max(self.config.max_elements, in_size)
         for o in node.outputs:  # refuse before computing a huge result
             shape = o.static_shape()
-            if shape is not None and node.op_type != "Constant" and int(np.prod(shape)) > limit:
+            if shape is not None and node.op_type != "Constant" and \
+                    math.prod(int(d) for d in shape) > limit:
                 return None
+        if (_made_elements(node.op_type, arrays) or 0) > limit:  # its shape is the input's data
+            return None
         results = fold_node(node)
         if results is None:
             return None

@@ -9,11 +9,13 @@ precision from the graph), with CPU as the last fallback.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
 
 import numpy as np
+import onnx
 
 from compiler.errors import ConstraintError
 from compiler.onnx_io import export_onnx
@@ -96,6 +98,56 @@ def _providers(profile, config: BuildConfig, bundle: str) -> list[Any]:
             "CPUExecutionProvider"]
 
 
+def _bf16(node) -> bool:
+    return any(v is not None and v.dtype == onnx.TensorProto.BFLOAT16
+               for v in [*node.inputs, *node.outputs])
+
+
+def _cpu_has_kernel(node, opset: int) -> bool:
+    """Whether ONNX Runtime's CPU provider has a kernel for `node` at its input types: asked
+    of ONNX Runtime itself, with a one-node model (answers cached per op and types)."""
+    types = tuple(v.dtype if v is not None else 0 for v in node.inputs)
+    ranks = tuple(len(v.shape) if v is not None and v.shape is not None else -1
+                  for v in node.inputs)
+    outs = tuple(v.dtype or 0 for v in node.outputs)
+    from compiler.onnx_io import node_to_proto
+
+    proto = node_to_proto(node)
+    attrs = tuple(a.SerializeToString() for a in proto.attribute
+                  if a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS))
+    return _probe(node.domain, node.op_type, types, ranks, outs, attrs, opset)
+
+
+@functools.cache
+def _probe(domain: str, op_type: str, types: tuple, ranks: tuple, outs: tuple, attrs: tuple,
+           opset: int) -> bool:
+    import onnxruntime as ort
+    from onnx import helper
+
+    ins = [f"i{k}" if t else "" for k, t in enumerate(types)]
+    node = helper.make_node(op_type, ins, [f"o{k}" for k in range(len(outs))], domain=domain)
+    for a in attrs:
+        node.attribute.add().ParseFromString(a)
+    g = helper.make_graph(
+        [node], "probe",
+        [helper.make_tensor_value_info(n, t, [1] * r if r >= 0 else None)
+         for n, t, r in zip(ins, types, ranks) if n],
+        [helper.make_tensor_value_info(f"o{k}", t, None) for k, t in enumerate(outs)])
+    imports = [helper.make_opsetid("", opset)]
+    if domain not in ("", "ai.onnx"):
+        imports.append(helper.make_opsetid(domain, 1))
+    model = helper.make_model(g, opset_imports=imports)
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        return "NOT_IMPLEMENTED" not in str(e)  # only a missing kernel is a no
+    return True
+
+
 _RUN_PY = '''"""Run this edgec bundle with ONNX Runtime: python run.py [input.npz]."""
 import json, sys, time
 import numpy as np
@@ -137,11 +189,18 @@ class OnnxRuntimeBackend(Backend):
 
     def legality(self, graph, profile, config: BuildConfig | None = None) -> LegalityReport:
         report = LegalityReport(self.name, profile.name)
+        cpu_only = _providers(profile, config or BuildConfig(), "") == ["CPUExecutionProvider"]
+        opset = graph.opset_imports.get("", 17)
         for i, node in enumerate(graph):
             key = node_key(node, i)
             if node.domain == "com.microsoft" and node.op_type not in _CONTRIB:
                 report.unsupported[key] = (
                     f"com.microsoft op {node.op_type} is not one edgec knows ONNX Runtime runs")
+            elif cpu_only and _bf16(node) and not _cpu_has_kernel(node, opset):
+                report.unsupported[key] = (
+                    f"ONNX Runtime's CPU provider has no bfloat16 kernel for {node.op_type} "
+                    "(it does not insert Casts for bf16 as it does for fp16); use fp16 or "
+                    "another backend")
             else:
                 report.accelerated.append(key)
         if not getattr(profile, "is_host", False):

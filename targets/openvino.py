@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from compiler.errors import CompileError, MissingDependencyError
+from compiler.errors import (
+    CompileError,
+    MissingDependencyError,
+    RuntimeRefusedError,
+    runtime_reason,
+)
 from compiler.ir import Graph
 from compiler.onnx_io import export_onnx
 from targets.base import Backend, BuildConfig, LegalityReport, Runner, node_key, register_backend
@@ -197,7 +202,8 @@ class OpenVinoBackend(Backend):
             try:
                 model = ov.Core().read_model(path)
             except RuntimeError as e:
-                raise CompileError(f"OpenVINO cannot read the model: {_first_lines(e)}") from None
+                raise RuntimeRefusedError(
+                    f"OpenVINO cannot read the model: {runtime_reason(e)}") from None
             if static:
                 names = {p.get_any_name() for p in model.inputs}
                 model.reshape({k: list(v) for k, v in config.shapes.items() if k in names})
@@ -262,8 +268,8 @@ class OpenVinoRunner(Runner):
         try:
             self.compiled = core.compile_model(core.read_model(xml_path), "CPU", props)
         except RuntimeError as e:
-            raise CompileError(f"OpenVINO could not compile {xml_path} for the CPU: "
-                               f"{_first_lines(e)}") from None
+            raise RuntimeRefusedError(f"OpenVINO could not compile the model for the CPU: "
+                                      f"{runtime_reason(e)}") from None
         # A port can carry several tensor names (OpenVINO merges the names of tensors it folds
         # together, e.g. an input and a no-op Cast of it): match the ONNX names recorded at emit.
         self.input_names, self._in = _match(list(self.compiled.inputs), cfg.get("inputs"))
@@ -285,8 +291,3 @@ def _match(ports: list, names: list[str] | None) -> tuple[list[str], list]:
         return [p.get_any_name() for p in ports], ports
     found = [next((p for p in ports if n in p.get_names()), None) for n in names]
     return list(names), [f if f is not None else ports[i] for i, f in enumerate(found)]
-
-
-def _first_lines(e: Exception, n: int = 6) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return " ".join(lines[:n])
