@@ -24,7 +24,8 @@ import numpy as np
 
 from targets.devices import ComputeUnit, DeviceProfile, PowerMode, Sourced
 
-__all__ = ["channel_alignment", "cpu_info", "detect_host", "llvm_target", "measure"]
+__all__ = ["build_profile", "channel_alignment", "cpu_info", "detect_host", "llvm_target",
+           "measure"]
 
 CACHE_VERSION = 1
 GEMM_N = 1024  # FP32 sgemm size
@@ -268,12 +269,18 @@ def detect_host(cache_dir: str | os.PathLike | None = None, refresh: bool = Fals
     if meas is None:
         meas = measure(info)
         _save_cache(path, key, info, meas)
-    profile = _build(info, meas)
+    profile = build_profile(info, meas)
     _MEMO[memo_key] = profile
     return profile
 
 
-def _build(info: dict[str, Any], meas: dict[str, Any]) -> DeviceProfile:
+def build_profile(info: dict[str, Any], meas: dict[str, Any], *,
+                  cache_bytes: Sourced | None = None, memory: Sourced | None = None,
+                  power: Sourced | None = None) -> DeviceProfile:
+    """The host profile from `cpu_info()`-shaped `info` and `measure()`-shaped `meas`.
+
+    The last-level cache, memory size and power limit are read from this machine unless given
+    (tests pass fixed stand-ins so that no verdict depends on the machine running them)."""
     isa = info["isa"]
     peaks = {p: Sourced(float(meas[p]["value"]), meas[p]["source"])
              for p in ("fp32", "int8") if p in meas}
@@ -294,7 +301,8 @@ def _build(info: dict[str, Any], meas: dict[str, Any]) -> DeviceProfile:
             "AVX2 EPYC, median/best: 112/3.1 ms unaligned, 2.1/0.92 ms rounded to 8, unpruned "
             "2.7/1.36 ms)")
     cpu = ComputeUnit("cpu", "cpu", peak_ops=peaks, cores=info["cores"], isa=isa,
-                      llvm=llvm_target(isa, info["machine"]), cache_bytes=last_level_cache())
+                      llvm=llvm_target(isa, info["machine"]),
+                      cache_bytes=cache_bytes or last_level_cache())
     bw = meas["bandwidth"]
     return DeviceProfile(
         name="host",
@@ -303,8 +311,8 @@ def _build(info: dict[str, Any], meas: dict[str, Any]) -> DeviceProfile:
         aliases=("local", "localhost"),
         compute_units=(cpu,),
         memory_bandwidth=Sourced(float(bw["value"]), bw["source"]),
-        memory_capacity=_memory_total(),
-        power_modes=(PowerMode("default", _power()),),
+        memory_capacity=memory or _memory_total(),
+        power_modes=(PowerMode("default", power or _power()),),
         default_power_mode="default",
         backends=("onnxruntime", "openvino", "tvm"),
         precisions=("fp32", "fp16", "bf16", "int8", "int4-weight"),

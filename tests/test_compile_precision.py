@@ -24,7 +24,7 @@ def fixed_host(monkeypatch):
     """compile(target="host") on a fixed VNNI CPU stand-in: which layers pay in INT8 must not
     depend on this machine's measured (noisy) peaks."""
     import targets.devices
-    from tests.test_precision_assign import vnni_host
+    from tests.stand_ins import vnni_host
 
     stand_in, real = vnni_host(), targets.devices.get_profile
     monkeypatch.setattr(targets.devices, "get_profile",

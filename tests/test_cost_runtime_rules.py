@@ -23,7 +23,7 @@ from compiler.onnx_io import import_onnx
 from compiler.precision_api import apply_precision
 from passes.shape_inference import infer_shapes
 from targets.devices import Sourced, get_profile
-from tests.test_precision_assign import vnni_host
+from tests.stand_ins import vnni_host
 
 
 def _conv_graph():

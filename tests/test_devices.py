@@ -26,6 +26,8 @@ from targets.devices import (
     unverified_sources,
 )
 
+pytestmark = pytest.mark.live_host  # detection itself: the real host, not the stand-in
+
 STATIC = [n for n in PROFILE_NAMES if n != "host"]
 
 

@@ -8,7 +8,7 @@ from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
 from compiler.zoo import trained
 from targets.devices import get_profile
-from tests.test_precision_assign import no_vnni_host, vnni_host
+from tests.stand_ins import no_vnni_host, vnni_host
 
 pytestmark = pytest.mark.slow
 

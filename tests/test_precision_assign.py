@@ -11,45 +11,8 @@ from compiler.precision_api import apply_precision
 from compiler.zoo import trained
 from passes.base import PassContext, get_pass
 from passes.precision import LayerInfo, RooflineProxy, order_layers
-from targets.devices import Sourced, get_profile
-
-
-def _fixed_cpu(int8_ratio: float, vnni: bool, why: str):
-    """The host profile with fixed, not measured, numbers (a measured peak moves from run to
-    run and would move layers between compute- and memory-bound): a 4-core laptop-class CPU,
-    0.3 TFLOPS fp32, 20 GB/s."""
-    prof = get_profile("host")
-    u = prof.main_unit
-    isa = tuple(i for i in u.isa if "vnni" not in i and "amx" not in i)
-    if vnni:
-        isa += ("avx512_vnni",)
-    peaks = dict(u.peak_ops)
-    peaks["fp32"] = Sourced(0.3e12, "estimated: test stand-in")
-    peaks["int8"] = Sourced(0.3e12 * int8_ratio, why)
-    return dataclasses.replace(
-        prof, memory_bandwidth=Sourced(20e9, "estimated: test stand-in"),
-        compute_units=(dataclasses.replace(u, isa=isa, peak_ops=peaks),))
-
-
-def no_vnni_host():
-    """An AVX2+FMA CPU without VNNI (int8 peak 1.8x fp32)."""
-    return _fixed_cpu(1.8, False, "estimated: AVX2 vpmaddubsw ~2x fp32")
-
-
-def vnni_host():
-    """A CPU with VNNI (int8 peak 4x fp32)."""
-    return _fixed_cpu(4.0, True, "estimated: VNNI 4x fp32")
-
-
-def runs_here_host():
-    """The stand-in whose int8 arithmetic is this machine's (VNNI or not): a graph whose
-    numbers a test checks on this CPU must be lowered for a CPU like it (without VNNI the
-    weights are 7-bit, see passes/quantize.py). Only which stand-in depends on the machine;
-    both are fixed profiles and the assertions are the same."""
-    from targets.host import cpu_info
-
-    dot = {"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_info()["isa"])
-    return vnni_host() if dot else no_vnni_host()
+from targets.devices import get_profile
+from tests.stand_ins import no_vnni_host, vnni_host
 
 
 @pytest.fixture(scope="module")
