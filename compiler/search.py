@@ -102,6 +102,20 @@ def config_space(profile, backends: Sequence[str] | None = None,
     return out
 
 
+def _empty_space(profile, backends: Sequence[str] | None,
+                 precisions: Sequence[str] | None) -> str:
+    """Why `config_space` is empty: the precisions asked for are none the device computes."""
+    asked = list(precisions or POLICIES)
+    msg = (f"no legal configuration for {profile.name}: it computes "
+           f"{', '.join(profile.precisions) or 'no precision'} and the search was asked for "
+           f"{', '.join(asked)}")
+    if asked == ["fp32"]:
+        msg += ("; fp32 is the lossless default when no loss is accepted: give "
+                f"precision={profile.precisions[0]!r} with calibration data (CLI: --precision "
+                f"{profile.precisions[0]} --calib DIR)" if profile.precisions else "")
+    return msg
+
+
 def lower_graph(graph: Graph, config: Mapping[str, Any], profile,
                 feeds: Mapping[str, Any] | None = None,
                 bindings: Mapping[str, int] | None = None) -> Graph:
@@ -188,9 +202,11 @@ def _prune(graph: Graph, c: dict, profile, legality: bool, max_drop: float | Non
 
                 rep = get_backend(be).legality(graph, profile)
                 reports[be] = "" if rep.ok else "illegal: " + "; ".join(
-                    f"{k}: {v}" for k, v in list(rep.unsupported.items())[:3])
+                    f"{k}: {v or f'{be} gave no reason (a bug in its legality)'}"
+                    for k, v in list(rep.unsupported.items())[:3])
             except Exception as e:  # module missing or its SDK not installed
-                reports[be] = f"illegal: backend {be} unavailable ({e})"
+                reports[be] = (f"illegal: backend {be!r} is not available: "
+                               f"{str(e) or type(e).__name__}")
         return reports[be]
     return ""
 
@@ -243,7 +259,10 @@ def search(graph: Graph, profile, *, objective: str = "latency",
     reports: dict[str, str] = {}
     costed: dict[tuple, tuple[Graph, str] | str] = {}
     live, pruned = [], []
-    for c in config_space(profile, backends, precisions):
+    space = config_space(profile, backends, precisions)
+    if not space:
+        raise ConstraintError(_empty_space(profile, backends, precisions))
+    for c in space:
         why = _prune(graph, c, profile, legality, max_drop, reports)
         key = (c["backend"], c["precision"], c["fusion"])
         if not why and key not in costed:
@@ -261,9 +280,10 @@ def search(graph: Graph, profile, *, objective: str = "latency",
         if max_drop is not None:
             c = {**c, "max_accuracy_drop": max_drop}
         live.append(Candidate(c, p))
-    if not live:
+    if not live:  # every candidate was pruned, and every pruning names its reason
+        why = sorted({c.pruned for c in pruned}, key=lambda w: (not w.startswith("illegal"), w))
         raise ConstraintError(f"no legal configuration for {profile.name}: " + "; ".join(
-            sorted({c.pruned for c in pruned})[:4]))
+            why[:4]))
     feasible = list(live)
     for key, metric, what in (("max_latency_ms", "latency_ms", "latency"),
                               ("max_memory_mb", "memory_mb", "memory")):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,10 @@ from compiler.errors import ConstraintError
 from compiler.onnx_io import export_onnx
 from targets.base import Backend, BuildConfig, LegalityReport, Runner, node_key, register_backend
 
-__all__ = ["OnnxRuntimeBackend", "OrtRunner", "session_options"]
+__all__ = ["OnnxRuntimeBackend", "OrtRunner", "cpu_kernels", "session_options", "why_not_ort"]
 
-# ONNX Runtime contrib ops edgec's fusion passes may emit (com.microsoft domain).
+# ONNX Runtime contrib ops edgec's fusion passes may emit (com.microsoft domain). What ONNX
+# Runtime accepts is asked of ONNX Runtime itself (`cpu_kernels`), not of this list.
 _CONTRIB = frozenset({
     "Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
     "SkipSimplifiedLayerNormalization", "FastGelu", "BiasGelu",
@@ -31,6 +33,8 @@ _CONTRIB = frozenset({
     "MatMulNBits", "QOrderedMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
     "QLinearAdd", "QLinearSigmoid", "QLinearConcat", "QLinearGlobalAveragePool",
 })
+# Ops ONNX Runtime resolves while loading the graph, so no kernel is registered for them.
+_RESOLVED_AT_LOAD = frozenset({("", "Constant")})
 _LEVELS = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
 
 
@@ -43,6 +47,61 @@ def optimization_level(value: Any = "all") -> int:
         raise ConstraintError(f"graph_optimization_level {value!r} is not one of "
                               f"{', '.join(_LEVELS)} (or {sorted(_LEVELS.values())})")
     return int(level)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kernels() -> dict[tuple[str, str], tuple[tuple[int, int], ...]]:
+    """(domain, op_type) -> the opset ranges ONNX Runtime's CPU execution provider registers a
+    kernel for, as the installed onnxruntime itself lists them (every domain it ships:
+    ai.onnx, ai.onnx.ml, com.microsoft). Asked once per process (~15 ms)."""
+    from onnxruntime.capi import _pybind_state as ort_c
+
+    out: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    for k in ort_c.get_all_opkernel_def():
+        if k.provider == "CPUExecutionProvider":
+            domain = "" if k.domain == "ai.onnx" else k.domain
+            out.setdefault((domain, k.op_name), set()).add(tuple(k.version_range))
+    return {key: tuple(sorted(r)) for key, r in out.items()}
+
+
+def _onnx_function(domain: str, op_type: str, version: int) -> bool:
+    """Whether the ONNX schema defines the op as a function ONNX Runtime expands (e.g. Gelu
+    before it had kernels, HardSwish's body): no kernel is needed then."""
+    import onnx
+
+    try:
+        schema = onnx.defs.get_schema(op_type, version, domain)
+    except Exception:  # no such schema (a custom domain, or an op newer than the opset)
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
+
+
+def why_not_ort(domain: str, op_type: str, version: int | None,
+                local_functions: frozenset[tuple[str, str]] = frozenset()) -> str | None:
+    """Why ONNX Runtime's CPU provider cannot run the op at this opset; None when it can."""
+    import onnxruntime
+
+    domain = "" if domain == "ai.onnx" else domain
+    if (domain, op_type) in local_functions or (domain, op_type) in _RESOLVED_AT_LOAD:
+        return None  # inlined / turned into an initializer when ONNX Runtime loads the graph
+    ranges = cpu_kernels().get((domain, op_type), ())
+    v = version if version is not None else (1 << 30 if ranges else 1)
+    if any(lo <= v <= hi for lo, hi in ranges) or _onnx_function(domain, op_type, v):
+        return None
+    name = f"{domain}::{op_type}" if domain else op_type
+    if ranges:
+        have = ", ".join(f"{lo}-{hi if hi < 1 << 30 else ''}" for lo, hi in ranges)
+        return (f"onnxruntime {onnxruntime.__version__} registers CPU kernels for {name} at "
+                f"opset versions {have}, not {v}")
+    return (f"onnxruntime {onnxruntime.__version__} registers no CPU kernel for {name} (and "
+            "ONNX defines no function body for it)")
+
+
+def _walk(graph: Any) -> Iterator[Any]:
+    for node in graph:
+        yield node
+        for sub in node.subgraphs():
+            yield from _walk(sub)
 
 
 def session_options(config: dict[str, Any]):
@@ -191,16 +250,16 @@ class OnnxRuntimeBackend(Backend):
         report = LegalityReport(self.name, profile.name)
         cpu_only = _providers(profile, config or BuildConfig(), "") == ["CPUExecutionProvider"]
         opset = graph.opset_imports.get("", 17)
-        for i, node in enumerate(graph):
+        local = frozenset((f.domain, f.name) for f in graph.root.model.functions)
+        for i, node in enumerate(_walk(graph)):
             key = node_key(node, i)
-            if node.domain == "com.microsoft" and node.op_type not in _CONTRIB:
-                report.unsupported[key] = (
-                    f"com.microsoft op {node.op_type} is not one edgec knows ONNX Runtime runs")
-            elif cpu_only and _bf16(node) and not _cpu_has_kernel(node, opset):
-                report.unsupported[key] = (
-                    f"ONNX Runtime's CPU provider has no bfloat16 kernel for {node.op_type} "
-                    "(it does not insert Casts for bf16 as it does for fp16); use fp16 or "
-                    "another backend")
+            why = why_not_ort(node.domain, node.op_type, node.version, local)
+            if why is None and cpu_only and _bf16(node) and not _cpu_has_kernel(node, opset):
+                why = (f"ONNX Runtime's CPU provider has no bfloat16 kernel for {node.op_type} "
+                       "(it does not insert Casts for bf16 as it does for fp16); use fp16 or "
+                       "another backend")
+            if why:
+                report.unsupported[key] = why
             else:
                 report.accelerated.append(key)
         if not getattr(profile, "is_host", False):

@@ -122,6 +122,88 @@ def _output_owner(graph: Graph) -> dict[str, str]:
     return owner
 
 
+def _bind(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of `proto` whose graph inputs have the given static shapes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for inp in out.graph.input:
+        if inp.name in shapes:
+            shape = inp.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in shapes[inp.name]:
+                shape.dim.add().dim_value = int(d)
+    return out
+
+
+def _long_binding(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """Every dynamic dim 512, batch dims (named so, or leading a rank > 1 input) 1, one value
+    per dim name: what signal and sequence models (an STFT front end) need where
+    verification's small sizes fail."""
+    value: dict[Any, int] = {}
+    for v in graph.inputs:
+        for i, d in enumerate(v.shape or ()):
+            if isinstance(d, str) and d not in value:
+                lead = i == 0 and len(v.shape) > 1
+                value[d] = 1 if lead or "batch" in d.lower() else 512
+    out = {}
+    for v in graph.inputs:
+        if v.const is None and v.shape is not None and \
+                any(not isinstance(d, int) for d in v.shape):
+            out[v.name] = tuple(d if isinstance(d, int) else value.get(d, 1 if i == 0 else 512)
+                                for i, d in enumerate(v.shape))
+    return out
+
+
+def _ov_error(e: Exception) -> str:
+    """The lines of an OpenVINO conversion error that name the failing ops and why."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if ln.startswith("-- ") or "has to be" in ln or
+            "Unsupported" in ln or "not supported" in ln]
+    return " ".join((keep or lines[-2:])[:4])
+
+
+def _shape_bound(graph: Graph, proto: onnx.ModelProto, config: BuildConfig | None, tmp: str):
+    """(OpenVINO model of a shape-bound copy, how it was bound) or (None, why not).
+
+    The CPU plugin's `query_model` answers for the shapes it is given: on a dynamic-shape
+    model it rejects ops (Add, Concat, Unsqueeze in silero-vad) it runs once shapes are known,
+    and the ONNX frontend cannot even convert some dynamic graphs (a Conv whose input rank is
+    unknown). So the query runs on a copy with every input dim bound: the user's `shapes`,
+    then the sizes verification would try, then a long-sequence binding."""
+    from compiler.verify import make_inputs
+
+    ov = _openvino()
+    given = dict(config.shapes) if config is not None else {}
+    if not _dynamic_dims(graph, given):
+        bindings = [given] if given else []
+    else:
+        bindings = []
+
+        def collect(feeds):
+            bindings.append({k: tuple(a.shape) for k, a in feeds.items()})
+            return False
+
+        make_inputs(graph, shapes=given, accept=collect)
+        bindings.append({**_long_binding(graph), **given})
+    if not bindings:  # static already: the model itself
+        bindings = [{}]
+    errors = []
+    for i, shapes in enumerate(bindings):
+        path = os.path.join(tmp, f"bound{i}.onnx")
+        onnx.save(_bind(proto, shapes), path)
+        try:
+            model = ov.Core().read_model(path)
+        except RuntimeError as e:
+            errors.append(_ov_error(e))
+            continue
+        if not shapes:
+            return model, "the model's own static shapes"
+        dims = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
+        return model, f"a shape-bound copy ({dims})"
+    return None, (f"OpenVINO's ONNX frontend converts no shape-bound copy either ({len(bindings)} "
+                  f"input sizes tried; {errors[-1] if errors else 'no binding'})")
+
+
 @register_backend
 class OpenVinoBackend(Backend):
     """OpenVINO IR; runs here on the host CPU, on Intel GPU/NPU on the device."""
@@ -152,6 +234,7 @@ class OpenVinoBackend(Backend):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.onnx")
             export_onnx(graph, path)
+            proto = onnx.load(path, load_external_data=False)  # bound copies sit beside it
             fe = FrontEndManager().load_by_framework("onnx")
             input_model = fe.load(path)  # framework nodes point into it: keep it alive
             model = fe.convert_partially(input_model)
@@ -165,14 +248,21 @@ class OpenVinoBackend(Backend):
                         f"OpenVINO's ONNX frontend has no conversion rule for "
                         f"{domain + '::' if domain else ''}{op_type}")
             if not report.unsupported and device in ov.Core().available_devices:
-                supported = ov.Core().query_model(model, device)
-                for op in model.get_ops():
+                bound, how = _shape_bound(graph, proto, config, tmp)
+                queried, suffix = (bound, "") if bound is not None else (
+                    model, f" in the dynamic-shape model, and {how}")
+                if bound is None or "shape-bound" in how:
+                    report.notes.append(f"{device} plugin queried (Core.query_model) on " + (
+                        how if bound is not None else "the dynamic-shape model"))
+                supported = ov.Core().query_model(queried, device)
+                for op in queried.get_ops():
                     if op.get_type_name() in ("Parameter", "Result", "Constant"):
                         continue
                     k = key_of(op)
                     if op.get_friendly_name() not in supported and k is not None:
                         report.unsupported[k] = (f"the OpenVINO {device} plugin does not "
-                                                 f"support {op.get_type_name()}")
+                                                 f"support {op.get_type_name()}{suffix}")
+                del queried, bound
             elif device not in ov.Core().available_devices:
                 report.notes.append(f"{device} plugin not available on this machine; op "
                                     "coverage unchecked")
