@@ -84,10 +84,16 @@ def ov_properties(device: str, config: BuildConfig, graph: Graph | None = None
     with avx512_bf16), which is not the precision the map was validated at and, on a CPU
     without AMX, measured 1.6x slower than f32 (cnn, ResNet-50 at 112 px, this host). For int8
     / mixed / int4-weight the Q/DQ or compressed weights decide the quantized layers and
-    `float_hint(graph)` the rest."""
+    `float_hint(graph)` the rest. `options["runtime_precision"]` ("bf16" / "fp16", one of
+    `OpenVinoBackend.runtime_precisions`) asks the plugin to run the float layers in half
+    instead: a lossy choice the search makes only when the user accepts a loss."""
     props: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    props["INFERENCE_PRECISION_HINT"] = _PRECISION_HINT.get(config.precision) or \
-        float_hint(graph)
+    runtime = config.option("runtime_precision")
+    if runtime not in (None, "fp32") and config.precision not in ("fp16", "bf16"):
+        props["INFERENCE_PRECISION_HINT"] = _PRECISION_HINT[runtime]  # the search's choice
+    else:
+        props["INFERENCE_PRECISION_HINT"] = _PRECISION_HINT.get(config.precision) or \
+            float_hint(graph)
     threads = config.option("threads")
     if threads and device == "CPU":
         props["INFERENCE_NUM_THREADS"] = int(threads)
@@ -152,6 +158,15 @@ def _long_binding(graph: Graph) -> dict[str, tuple[int, ...]]:
             out[v.name] = tuple(d if isinstance(d, int) else value.get(d, 1 if i == 0 else 512)
                                 for i, d in enumerate(v.shape))
     return out
+
+
+def _read_error(path: str) -> str:
+    """'' when OpenVINO reads (fully converts) the ONNX file, else why not."""
+    try:
+        _openvino().Core().read_model(path)
+    except RuntimeError as e:
+        return _ov_error(e)
+    return ""
 
 
 def _ov_error(e: Exception) -> str:
@@ -249,6 +264,18 @@ class OpenVinoBackend(Backend):
                         f"{domain + '::' if domain else ''}{op_type}")
             if not report.unsupported and device in ov.Core().available_devices:
                 bound, how = _shape_bound(graph, proto, config, tmp)
+                dyn_err = _read_error(path) if "shape-bound" in how else ""
+                if bound is not None and dyn_err:
+                    given = config.shapes if config is not None else {}
+                    why = (f"OpenVINO's ONNX frontend converts this model only with static "
+                           f"input shapes ({dyn_err})")
+                    unbound = _dynamic_dims(graph, given)
+                    if unbound and config is not None:
+                        report.unsupported[f"input:{unbound[0][0]}"] = (
+                            f"{why}: pass shapes={{'{unbound[0][0]}': (...)}} (CLI: --shape "
+                            f"{unbound[0][0]}=...)")
+                    else:  # built static at the given shapes (emit), or shapes come later
+                        report.notes.append(f"{why}; the IR is built with static shapes")
                 queried, suffix = (bound, "") if bound is not None else (
                     model, f" in the dynamic-shape model, and {how}")
                 if bound is None or "shape-bound" in how:
@@ -278,6 +305,15 @@ class OpenVinoBackend(Backend):
                     report.notes.append(why)
         return report
 
+    def runtime_precisions(self, profile) -> tuple[str, ...]:
+        """f32, plus bf16 / f16 where the unit OpenVINO compiles for computes them natively
+        (on a CPU without them the plugin converts to f32 and back: slower, not faster)."""
+        units = list(getattr(profile, "compute_units", ()))
+        kind = {v: k for k, v in _KIND_TO_DEVICE.items()}.get(ov_device(profile), "cpu")
+        unit = next((u for u in units if u.kind == kind), units[0] if units else None)
+        half = unit.native_half() if unit is not None else ()
+        return ("fp32",) + tuple(p for p in ("bf16", "fp16") if p in half)
+
     def emit(self, graph: Graph, profile, config: BuildConfig, out_dir: str) -> list[str]:
         ov = _openvino()
         device = ov_device(profile, config)
@@ -292,8 +328,20 @@ class OpenVinoBackend(Backend):
             try:
                 model = ov.Core().read_model(path)
             except RuntimeError as e:
-                raise RuntimeRefusedError(
-                    f"OpenVINO cannot read the model: {runtime_reason(e)}") from None
+                # some dynamic graphs convert only once their input shapes are bound (an If
+                # whose output rank depends on a shape): build those static, if shapes are given
+                if static or _dynamic_dims(graph, config.shapes) or not config.shapes:
+                    raise RuntimeRefusedError(
+                        f"OpenVINO cannot read the model: {runtime_reason(e)}") from None
+                bound = os.path.join(tmp, "bound.onnx")
+                onnx.save(_bind(onnx.load(path, load_external_data=False),
+                                dict(config.shapes)), bound)
+                try:
+                    model, static = ov.Core().read_model(bound), True
+                except RuntimeError as e2:
+                    raise RuntimeRefusedError(
+                        "OpenVINO cannot read the model, dynamic or at the given shapes: "
+                        f"{runtime_reason(e2)}") from None
             if static:
                 names = {p.get_any_name() for p in model.inputs}
                 model.reshape({k: list(v) for k, v in config.shapes.items() if k in names})

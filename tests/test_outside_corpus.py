@@ -127,17 +127,14 @@ def test_round_trip_is_lossless(name: str) -> None:
         assert r.shape == g.shape and np.array_equal(r, g, equal_nan=True)
 
 
-# Backend refusals the runtime (or today's legality) gives for a model; anything else must
-# compile and verify. `legality` marks refusals issue #14's legality work is removing.
+# Backend refusals the runtime gives for a model; anything else must compile and verify.
+# (ddddocr_old on ONNX Runtime and silero-vad 16k_op15/half on OpenVINO were refused by
+# edgec's legality, not by the runtimes; they compile and verify since #14's legality work.)
 REFUSED = {
-    ("ddddocr_old", "onnxruntime"): (UnsupportedOpError, "DynamicQuantizeLSTM"),
     ("ddddocr_old", "openvino"): (VerificationError, "differ from the original"),
-    ("silero_vad", "openvino"): (UnsupportedOpError, "If"),
-    ("silero_vad_16k_op15", "openvino"): (UnsupportedOpError, "does not support"),
-    ("silero_vad_half", "openvino"): (UnsupportedOpError, "does not support"),
+    ("silero_vad", "openvino"): (UnsupportedOpError, "converts no shape-bound copy"),
 }
-LEGALITY_WIP = {("ddddocr_old", "onnxruntime"), ("silero_vad", "openvino"),
-                ("silero_vad_16k_op15", "openvino"), ("silero_vad_half", "openvino")}
+LEGALITY_WIP: set[tuple[str, str]] = set()
 
 
 def _compile_fp32(name: str, backend: str):
