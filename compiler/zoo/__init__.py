@@ -54,6 +54,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler.errors import InvalidModelError, MissingDependencyError
 from compiler.zoo import builders as _b
+from compiler.zoo import exporters as _x
 from compiler.zoo.builders import DECODER, DecoderSpec, decoder_inputs
 
 __all__ = [
@@ -85,6 +86,12 @@ _MODELS: dict[str, tuple[Callable[[Path], Path], str, tuple[str, ...]]] = {
     "tiny": (_b.build_tiny, "1", ("onnx",)),
 }
 NAMES: tuple[str, ...] = tuple(_MODELS)
+# Exporter variants (compiler.zoo.exporters): built when a test or benchmark asks for one, not
+# part of NAMES (the suite does not build them all).
+_MODELS.update({
+    "siglip_sdpa_torchscript": (_x.build_siglip_sdpa_torchscript, "1", _TORCH_LIBS),
+    "siglip_sdpa_dynamo": (_x.build_siglip_sdpa_dynamo, "1", (*_TORCH_LIBS, "onnxscript")),
+})
 
 
 def _check_name(name: str) -> None:

@@ -1,10 +1,15 @@
 """Scaled dot-product attention from MatMul / scale / [mask] / Softmax / MatMul.
 
-    scores = (Q·Kᵀ)·s            s from Mul(c) (s = c) or Div(c) (s = 1/c), else s = 1
+    scores = ((Q·a)·(Kᵀ·b))·s     s from Mul(c) (s = c) or Div(c) (s = 1/c), else s = 1
     P      = softmax(scores + M)  over the last axis; M an optional additive mask
     O      = P·V
-with Q [B, H, S, D], Kᵀ [B, H, D, L], V [B, H, L, D]. No-op Casts (to the same dtype) between
-Softmax and the second MatMul are allowed.
+with Q [B, H, S, D], Kᵀ [B, H, D, L], V [B, H, L, D]; the scale is a·b·s. a and b (optional
+constant scalars) are the form torch.onnx's TorchScript exporter (SDPA) and the dynamo exporter
+(torchlib) write: √scale applied to Q and to Kᵀ separately, so that Q·Kᵀ never overflows in
+half precision (transformers 5's SigLIP/CLIP/ViT with attn_implementation="sdpa"); eager
+transformers and optimum write s after the MatMul (Mul, or Div by √D). No-op Casts (to the same
+dtype) before Softmax (transformers' softmax(dtype=float32)) and between Softmax and the second
+MatMul are allowed.
 
 Two rules, tried in this order:
 
@@ -14,7 +19,8 @@ Two rules, tried in this order:
   Becomes `com.microsoft.MultiHeadAttention(q, k, v, attention_bias=M, num_heads=H, scale=s)`.
   Conditions: H and D are known (from the Reshape targets or inferred shapes) and equal for q,
   k and v; the final Reshape gives [B, S, H·D]; M, when present, has shape [B|1, H|1, S, L]
-  (rank 2 [S, L] is unsqueezed), since that is all the op's attention_bias takes.
+  (rank 2 [S, L] is unsqueezed; a key-padding mask [B|1, 1, 1, L] is expanded over the S
+  query rows when S is known), since that is all the op's attention_bias takes.
 - `attention`: the core alone. Becomes ONNX `Attention` (opset ≥ 23; K is transposed back with
   a Transpose(0,1,3,2) that transpose cancellation then folds). Otherwise, and whenever the
   backend accepts neither op, the matched nodes are recorded as one "attention" fusion group.
@@ -46,11 +52,13 @@ _HEADS = [0, 2, 1, 3]
 
 
 def _core(q4, kt, v4) -> Op:
-    scores = Op("MatMul", q4, kt, name="qk")
+    q = Alt(Op("Mul", q4, Const("q_scale"), name="q_scale"), q4)
+    k = Alt(Op("Mul", kt, Const("k_scale"), name="k_scale"), kt)
+    scores = Op("MatMul", q, k, name="qk")
     scaled = Alt(Op("Mul", scores, Const("scale"), name="scale"),
                  Op("Div", scores, Const("scale_div"), name="scale"), scores)
     masked = Alt(Op("Add", scaled, Var("mask"), name="mask_add"), scaled)
-    probs = Op("Softmax", masked, name="softmax")
+    probs = Op("Softmax", Opt("Cast", masked, name="cast0"), name="softmax")
     probs = Opt("Cast", Opt("Cast", probs, name="cast1"), name="cast2")
     return Op("MatMul", probs, v4, name="pv")
 
@@ -91,12 +99,18 @@ def _target_dims(shape_value) -> list[int | None] | None:
 
 
 def _scale(m: Match) -> float | None:
+    """a·b·s (module docstring); None when one of them is not a constant scalar."""
+    s = 1.0
     if "scale" in m.consts:
-        return scalar(m.consts["scale"])
-    if "scale_div" in m.consts:
+        s = scalar(m.consts["scale"])
+    elif "scale_div" in m.consts:
         c = scalar(m.consts["scale_div"])
-        return None if not c else 1.0 / c
-    return 1.0
+        s = None if not c else 1.0 / c
+    for k in ("q_scale", "k_scale"):
+        if s is not None and k in m.consts:
+            c = scalar(m.consts[k])
+            s = None if c is None or m.consts[k].size != 1 else s * c
+    return s
 
 
 def _softmax_last(m: Match) -> bool:
@@ -108,6 +122,8 @@ def _softmax_last(m: Match) -> bool:
 
 def _casts_ok(m: Match) -> bool:
     dt = m.named["softmax"].outputs[0].dtype
+    if "cast0" in m.named and m.named["cast0"].attr("to") != m.named["cast0"].inputs[0].dtype:
+        return False
     return all(m.named[c].attr("to") == dt and dt is not None
                for c in ("cast1", "cast2") if c in m.named)
 
@@ -167,7 +183,10 @@ class AttentionMHA(Rule):
         sc = shape_of(m.named["qk"].outputs[0])
         if ms is None or sc is None or len(ms) not in (2, 4):
             return "mask shape not accepted by the fused op"
-        if list(ms[-2:]) != list(sc[-2:]) or not all(isinstance(d, int) for d in ms[-2:]):
+        # a key-padding mask [B, 1, 1, L] (optimum, BERT-style) broadcasts over the query rows;
+        # the fused op's attention_bias takes [., ., S, L]: it is expanded when S is known
+        rows_ok = ms[-2] == sc[-2] or (ms[-2] == 1 and isinstance(sc[-2], int))
+        if not rows_ok or ms[-1] != sc[-1] or not all(isinstance(d, int) for d in ms[-2:]):
             return "mask shape not accepted by the fused op"
         if len(ms) == 4 and (ms[1] not in (1, h) or ms[0] not in (1, sc[0])):
             return "mask shape not accepted by the fused op"
@@ -179,9 +198,13 @@ class AttentionMHA(Rule):
         ins = [m["q"], m["k"], m["v"]]
         if "mask" in m.values:
             mask = m["mask"]
-            if len(shape_of(mask)) == 2:
+            ms, sc = shape_of(mask), shape_of(m.named["qk"].outputs[0])
+            if len(ms) == 2:
                 axes = graph.make_constant(np.array([0, 1], np.int64), "mask_axes")
                 mask = emit(graph, m.anchor, "Unsqueeze", [mask, axes], hint="mask4d").outputs[0]
+            if ms[-2] != sc[-2]:  # [., ., 1, L] -> [., ., S, L]
+                rows = graph.make_constant(np.array([1, 1, sc[-2], 1], np.int64), "mask_rows")
+                mask = emit(graph, m.anchor, "Expand", [mask, rows], hint="mask_rows").outputs[0]
             ins += [None, None, mask]
         new = emit(graph, m.anchor, "MultiHeadAttention", ins, domain=op[0], hint="MHA",
                    attrs={"num_heads": m.extra["num_heads"], "scale": float(m.extra["scale"])})

@@ -2,8 +2,13 @@
 
 LayerNorm over the last axis:
     μ = mean(x), d = x − μ, σ² = mean(d²), y = d/√(σ² + ε)·γ + β
-found as ReduceMean, Sub, Pow(·, 2) or Mul(d, d), ReduceMean, Add(ε), Sqrt, Div (or Mul by
-Reciprocal)[, Mul(γ)][, Add(β)] (a missing γ is 1, a missing β is 0). It becomes ONNX
+found as ReduceMean, Sub, Pow(·, 2) or Mul(d, d), ReduceMean, Add(ε), then d/√(σ²+ε) as
+Sqrt and Div, or d·r with r = 1/√(σ²+ε) written Reciprocal(Sqrt), Div(1, Sqrt) or
+Pow(·, −0.5) (tf2onnx, paddle2onnx, torch's rsqrt), [, Mul(γ)][, Add(β)] (a missing γ is 1, a
+missing β is 0). tf2onnx writes Keras' LayerNormalization in the affine form TensorFlow
+computes it in,
+    a = γ·r,  y = x·a + (β − μ·a)      (or x·a − μ·a without β),
+which is the same y: x·a − μ·a = d·γ·r. Each becomes ONNX
 `LayerNormalization(x, γ, β, axis=-1, epsilon=ε)` (standard domain, needs opset ≥ 17).
 
 RMSNorm (Llama, T5):
@@ -49,30 +54,43 @@ def _square(v) -> Alt:
     return Alt(Op("Pow", v, Const("two", 2.0), name="square"), Op("Mul", v, v, name="square"))
 
 
-def _normalize(num, den) -> Alt:
-    """num / den, num · Reciprocal(den) or num · (1 / den) (torch's rsqrt export)."""
-    return Alt(Op("Div", num, den, name="div"),
-               Op("Mul", num, Op("Reciprocal", den, name="recip"), name="div"),
-               Op("Mul", num, Op("Div", Const("one", 1.0), den, name="recip"), name="div"))
+def _rsqrt(var_eps) -> Alt:
+    """1/√(var_eps) as exporters write it: Reciprocal(Sqrt), Div(1, Sqrt), Pow(·, −0.5)."""
+    sq = Op("Sqrt", var_eps, name="sqrt")
+    return Alt(Op("Reciprocal", sq, name="recip"),
+               Op("Div", Const("one", 1.0), sq, name="recip"),
+               Op("Pow", var_eps, Const("minus_half", -0.5), name="recip"))
+
+
+def _normalize(num, var_eps) -> Alt:
+    """num / √(var_eps), or num · 1/√(var_eps) in any `_rsqrt` form."""
+    return Alt(Op("Div", num, Op("Sqrt", var_eps, name="sqrt"), name="div"),
+               Op("Mul", num, _rsqrt(var_eps), name="div"))
 
 
 def _ln_patterns() -> tuple[Op, ...]:
     x = Var("x")
-    d = Op("Sub", x, _rm(x, "mean"), name="sub")
-    den = Op("Sqrt", Op("Add", _rm(_square(d), "var"), Const("eps"), name="add_eps"),
-             name="sqrt")
+    mean = _rm(x, "mean")
+    d = Op("Sub", x, mean, name="sub")
+    var_eps = Op("Add", _rm(_square(d), "var"), Const("eps"), name="add_eps")
     # affine (γ, β), scale only, bias only (γ = 1 removed as x·1 by identity elimination) and
     # none (LayerNorm without affine parameters); longest first
-    scaled = Op("Mul", _normalize(d, den), Const("gamma"), name="mul_gamma")
-    return (Op("Add", scaled, Const("beta"), name="add_beta"), scaled,
-            Op("Add", _normalize(d, den), Const("beta"), name="add_beta"), _normalize(d, den))
+    scaled = Op("Mul", _normalize(d, var_eps), Const("gamma"), name="mul_gamma")
+    # tf2onnx's affine form: a = γ·r (or r), y = x·a + (β − μ·a) or x·a − μ·a
+    r = _rsqrt(var_eps)
+    a = Alt(Op("Mul", r, Const("gamma"), name="mul_gamma"), r)
+    xa = Op("Mul", x, a, name="mul_x")
+    ma = Op("Mul", mean, a, name="mul_mean")
+    return (Op("Add", xa, Op("Sub", Const("beta"), ma, name="sub_beta"), name="add_beta"),
+            Op("Sub", xa, ma, name="sub_mean"),
+            Op("Add", scaled, Const("beta"), name="add_beta"), scaled,
+            Op("Add", _normalize(d, var_eps), Const("beta"), name="add_beta"),
+            _normalize(d, var_eps))
 
 
 def _rms_pattern() -> Op:
     x = Var("x")
-    den = Op("Sqrt", Op("Add", _rm(_square(x), "var"), Const("eps"), name="add_eps"),
-             name="sqrt")
-    n = _normalize(x, den)
+    n = _normalize(x, Op("Add", _rm(_square(x), "var"), Const("eps"), name="add_eps"))
     return Op("Mul", Alt(Op("Cast", n, name="cast"), n), Const("gamma"), name="mul_gamma")
 
 
@@ -126,6 +144,12 @@ class LayerNormFromPrimitives(Rule):
     candidates = (("", "LayerNormalization", 17),)
 
     def check(self, m: Match, ctx) -> str | None:
+        if "mul_mean" in m.named:  # tf2onnx's form: x and μ must be scaled by the same a
+            mean_out = m.named["mean"].outputs[0]
+            sx = [v for v in m.named["mul_x"].inputs if v is not m["x"]]
+            sm = [v for v in m.named["mul_mean"].inputs if v is not mean_out]
+            if len(sx) != 1 or len(sm) != 1 or sx[0] is not sm[0]:
+                return "x and the mean are scaled differently"
         return _check_common(m, ("mean", "var"))
 
     def rewrite(self, m: Match, graph, op) -> None:
