@@ -209,6 +209,8 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
         backend, precision = choice["backend"], choice["precision"]
         if choice.get("threads"):
             options.setdefault("threads", choice["threads"])
+        if choice.get("runtime_precision"):
+            options.setdefault("runtime_precision", choice["runtime_precision"])
         if not choice.get("fusion", True) and passes is None and pipeline is None:
             pipeline = UNFUSED_PIPELINE
             if backend == "onnxruntime":
@@ -216,6 +218,11 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     precision = precision or "fp32"
     _check_precision(profile, precision)
     be, why = get_backend(backend), "chosen by the user"
+    runtime = options.get("runtime_precision", "fp32")
+    if runtime not in be.runtime_precisions(profile):
+        raise ConstraintError(
+            f"{be.name} offers runtime precision {', '.join(be.runtime_precisions(profile))} "
+            f"on {profile.name}, not {runtime!r} (the device has no native {runtime})")
     if search_result is not None:
         why = (f"chosen by the cost-model search (objective: {search_result.objective}; "
                f"{len(search_result.candidates)} configurations predicted, runners-up in "
@@ -286,7 +293,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             "target": profile.name,
             "backend": be.name,
             "backend_reason": why,
-            "config": {"backend": be.name, "precision": precision,
+            "config": {"backend": be.name, "precision": precision, "runtime_precision": runtime,
                        "options": config.options, "shapes": {k: list(v) for k, v in
                                                              shapes.items()},
                        "passes": [r["pass"] for r in records]},
@@ -303,8 +310,10 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
             **extra,
         }
         if plan is not None:
+            # a half runtime hint on float layers is checked at that half's tolerance
+            lossy = runtime if precision == "fp32" and runtime != "fp32" else precision
             rep = guarded("verification", lambda: _verify_bundle(plan, be, stage, manifest,
-                                                                  profile, precision))
+                                                                  profile, lossy))
             manifest["verification"] = rep.to_dict()
             if rep.passed is False:
                 odd = [k for k, o in rep.outputs.items() if set(o) - {
@@ -444,7 +453,8 @@ def _predict(graph: Graph, backend: str, precision: str, records, config, profil
         fused = optimization_level(config.option("graph_optimization_level", "all")) >= 99
     return predict(graph, {"backend": backend, "precision": precision, "fusion": fused,
                            "threads": config.option("threads", 0),
-                           "power_mode": config.option("power_mode")},
+                           "power_mode": config.option("power_mode"),
+                           "runtime_precision": config.option("runtime_precision")},
                    profile, bindings=bindings)
 
 

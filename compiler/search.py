@@ -1,8 +1,11 @@
 """Configuration search: enumerate, prune, predict, keep the best under constraints.
 
 Space per device: backend (profile.backends) x precision policy (fp32, fp16, bf16, int8, mixed,
-int4-weight, as profile.precisions allows) x edgec fusion on/off x backend options (threads:
-all cores, or 1 on a multi-core CPU) x power mode (devices with several).
+int4-weight, as profile.precisions allows) x the runtime precision of the float layers (what
+the backend offers on the device: `Backend.runtime_precisions`, e.g. OpenVINO's bf16 hint on a
+CPU with AMX; not for the fp16/bf16 policies, whose graph is already half) x edgec fusion
+on/off x backend options (threads: all cores, or 1 on a multi-core CPU) x power mode (devices
+with several). A configuration names `runtime_precision` only when it is not fp32.
 
 Pruning, before any prediction, each with its reason:
 - illegal: backend not serving the profile, precision not supported, backend module missing,
@@ -13,7 +16,9 @@ Pruning, before any prediction, each with its reason:
   Conv/MatMul/Gemm on the unit (ONNX Runtime on x86 CPUs): it runs as fp32 plus the Casts the
   runtime inserts;
 - lossless-only: `max_accuracy_drop == 0` keeps fp32 alone (otherwise the budget is passed
-  through in the chosen config for the precision pass to honour).
+  through in the chosen config for the precision pass to honour);
+- lossy: a half runtime precision is taken only when the user accepts a loss
+  (`max_accuracy_drop` > 0); verification then checks it at that half's tolerance.
 
 The rest is predicted with `compiler.cost.model.predict` on the graph as the configuration
 compiles it: lowered to its precision by the precision pass (`lower_graph`: placeholder
@@ -47,6 +52,24 @@ __all__ = ["Candidate", "SearchResult", "compiled_graph", "config_space", "lower
 OBJECTIVES = {"latency": "latency_ms", "energy": "energy_mj", "memory": "memory_mb"}
 POLICIES = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight", "fixed")
 RISK = {"fp32": 0, "fp16": 1, "bf16": 1, "mixed": 2, "int8": 3, "int4-weight": 4, "fixed": 2}
+# policies whose float layers a runtime hint applies to (fp16/bf16 graphs are half already)
+HINTABLE = ("fp32", "int8", "mixed", "int4-weight")
+
+
+def risk(config: Mapping[str, Any]) -> int:
+    """Accuracy risk of a configuration: its precision's, or its runtime hint's if higher."""
+    return max(RISK[config["precision"]], RISK[config.get("runtime_precision", "fp32")])
+
+
+def runtime_precisions(backend: str, profile) -> tuple[str, ...]:
+    """What the backend offers for float layers on the device ("fp32" alone when its module
+    is missing: the legality pruning names that)."""
+    from targets.base import get_backend
+
+    try:
+        return get_backend(backend).runtime_precisions(profile)
+    except Exception:
+        return ("fp32",)
 
 
 @dataclass
@@ -93,12 +116,16 @@ def config_space(profile, backends: Sequence[str] | None = None,
     threads = [0, 1] if unit.kind == "cpu" and (unit.cores or 1) > 1 else [0]
     modes = [m.name for m in profile.power_modes] if len(profile.power_modes) > 1 else [None]
     out = []
-    for be, prec, fusion, thr, mode in itertools.product(
-            backends or profile.backends, precs, (True, False), threads, modes):
-        c = {"backend": be, "precision": prec, "fusion": fusion, "threads": thr}
-        if mode is not None:
-            c["power_mode"] = mode
-        out.append(c)
+    for be in backends or profile.backends:
+        offered = runtime_precisions(be, profile)
+        for prec, fusion, thr, mode in itertools.product(precs, (True, False), threads, modes):
+            for rp in offered if prec in HINTABLE else ("fp32",):
+                c = {"backend": be, "precision": prec, "fusion": fusion, "threads": thr}
+                if rp != "fp32":
+                    c["runtime_precision"] = rp
+                if mode is not None:
+                    c["power_mode"] = mode
+                out.append(c)
     return out
 
 
@@ -183,6 +210,10 @@ def _prune(graph: Graph, c: dict, profile, legality: bool, max_drop: float | Non
         return f"illegal: {be} does not serve {profile.name}"
     if max_drop is not None and max_drop <= 0 and c["precision"] != "fp32":
         return "max_accuracy_drop = 0: only fp32 is lossless"
+    rp = c.get("runtime_precision", "fp32")
+    if rp != "fp32" and not (max_drop is not None and max_drop > 0):
+        return (f"lossy: the {be} runtime {rp} hint needs an accepted loss "
+                "(max_accuracy_drop > 0)")
     if not c["fusion"] and NATIVE_FUSION.get(be):
         return f"equivalent: {be} fuses natively, fusion off gives the same kernels"
     heavy = {n.op_type for n in graph} & {"Conv", "MatMul", "Gemm"}
@@ -239,8 +270,8 @@ def _costed_graph(graph: Graph, c: dict, profile, bindings) -> tuple[Graph, str]
 def _dominated(a: Candidate, b: Candidate) -> bool:
     """b dominates a in (latency, memory, accuracy risk)."""
     pa, pb = a.prediction, b.prediction
-    va = (pa.latency_ms, pa.memory_mb, RISK[a.config["precision"]])
-    vb = (pb.latency_ms, pb.memory_mb, RISK[b.config["precision"]])
+    va = (pa.latency_ms, pa.memory_mb, risk(a.config))
+    vb = (pb.latency_ms, pb.memory_mb, risk(b.config))
     return all(y <= x for x, y in zip(va, vb)) and vb != va
 
 
@@ -310,7 +341,7 @@ def search(graph: Graph, profile, *, objective: str = "latency",
         p = c.prediction
         cfg = c.config  # on a tie, the configuration closest to compile()'s defaults
         return (getattr(p, metric), p.latency_ms, p.memory_mb, not cfg["fusion"],
-                cfg["threads"] != 0, RISK[cfg["precision"]],
+                cfg["threads"] != 0, risk(cfg),
                 profile.backends.index(cfg["backend"]), c.key)  # _prune kept served ones
 
     feasible.sort(key=rank)

@@ -128,6 +128,15 @@ class Backend(ABC):
              out_dir: str) -> list[str]:
         """Write the model files into `out_dir`; returns their paths relative to it."""
 
+    def runtime_precisions(self, profile: DeviceProfile) -> tuple[str, ...]:
+        """The compute precisions ("fp32", "bf16", "fp16") this runtime can be asked to run a
+        graph's float layers at on `profile`, the exact one ("fp32") first. Any other is a
+        runtime hint (OpenVINO's INFERENCE_PRECISION_HINT, ONNX Runtime's Arm bf16 fast-math
+        GEMMs): lossy, and offered only where the device computes it natively. The search
+        enumerates them as `config["runtime_precision"]`; `emit` reads
+        `config.option("runtime_precision")`. Default: the runtime offers none."""
+        return ("fp32",)
+
     def build(self, out_dir: str, profile: DeviceProfile, config: BuildConfig) -> list[str]:
         """Compile what `emit` wrote (default: nothing to build). Returns new files."""
         return []

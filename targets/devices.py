@@ -136,6 +136,20 @@ class ComputeUnit:
     def supports_op(self, op_type: str) -> bool:
         return self.ops is None or op_type in self.ops
 
+    def native_half(self) -> tuple[str, ...]:
+        """The half precisions ("bf16", "fp16") the unit computes natively, not by converting
+        to fp32: from the ISA on CPUs (x86: AMX-BF16 or AVX512-BF16, AMX-FP16 or AVX512-FP16;
+        Arm: the bf16 and fp16 arithmetic extensions), from the published peaks elsewhere."""
+        if self.kind != "cpu":
+            return tuple(p for p in ("bf16", "fp16") if p in self.peak_ops)
+        isa = set(self.isa)
+        out = []
+        if {"amx_bf16", "avx512_bf16", "bf16"} & isa:
+            out.append("bf16")
+        if {"amx_fp16", "avx512_fp16", "fp16"} & isa:
+            out.append("fp16")
+        return tuple(out)
+
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(self)
 

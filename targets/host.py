@@ -24,8 +24,8 @@ import numpy as np
 
 from targets.devices import ComputeUnit, DeviceProfile, PowerMode, Sourced
 
-__all__ = ["build_profile", "channel_alignment", "cpu_info", "detect_host", "llvm_target",
-           "measure"]
+__all__ = ["build_profile", "channel_alignment", "cpu_info", "detect_host", "half_peaks",
+           "llvm_target", "measure"]
 
 CACHE_VERSION = 1
 GEMM_N = 1024  # FP32 sgemm size
@@ -36,7 +36,7 @@ COPY_BYTES = 128 * 2**20
 # /proc/cpuinfo flags worth recording (x86) and aarch64 "Features" renamed to our vocabulary.
 X86_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
              "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16",
-             "amx_int8")
+             "amx_int8", "amx_fp16")
 ARM_FEATURES = {"asimd": "neon", "asimddp": "dotprod", "asimdhp": "fp16", "bf16": "bf16",
                 "i8mm": "i8mm", "sve": "sve", "sve2": "sve2"}
 
@@ -108,6 +108,33 @@ def llvm_target(isa: tuple[str, ...], machine: str) -> dict[str, str]:
     else:
         mcpu = "x86-64"
     return {"mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
+
+
+# Half-precision peaks a CPU's ISA implies, as multiples of its measured fp32 peak: (precision,
+# flags any of which gives it, factor, why). First match wins. Estimates, not measurements: the
+# cost model's calibration owns the efficiency on top (runtime hints, compiler.search).
+HALF_RULES = (
+    ("bf16", ("amx_bf16",), 4.0, "AMX-BF16 tile GEMMs, ~4x the AVX-512 fp32 rate oneDNN reaches"),
+    ("bf16", ("avx512_bf16",), 1 / 1.6,
+     "AVX512-BF16 without AMX: OpenVINO bf16 measured 1.6x slower than f32 (cnn, ResNet-50 at "
+     "112 px, a 2-core Xeon; README)"),
+    ("fp16", ("amx_fp16",), 4.0, "AMX-FP16 tile GEMMs, as AMX-BF16"),
+    ("fp16", ("avx512_fp16",), 2.0, "AVX512-FP16: 32 fp16 lanes per 512-bit FMA, 2x fp32"),
+    ("fp16", ("fp16",), 2.0, "Arm fp16 arithmetic: 8 fp16 lanes per 128-bit FMA, 2x fp32"),
+    ("bf16", ("bf16",), 2.0, "Arm BF16 (BFMMLA/BFDOT): 2x the fp32 FMA rate"),
+)
+
+
+def half_peaks(isa: tuple[str, ...], machine: str, fp32: float) -> dict[str, Sourced]:
+    """bf16/fp16 peaks the CPU's ISA implies (`HALF_RULES`), derived from the fp32 peak."""
+    arm = machine in ("aarch64", "arm64")
+    out: dict[str, Sourced] = {}
+    for prec, flags, factor, why in HALF_RULES:
+        is_arm_rule = flags in (("fp16",), ("bf16",))
+        if prec in out or is_arm_rule != arm or not set(flags) & set(isa):
+            continue
+        out[prec] = Sourced(fp32 * factor, f"estimated: {factor:.3g} x the fp32 peak ({why})")
+    return out
 
 
 def _best(fn, repeats: int = REPEATS) -> float:
@@ -284,6 +311,7 @@ def build_profile(info: dict[str, Any], meas: dict[str, Any], *,
     isa = info["isa"]
     peaks = {p: Sourced(float(meas[p]["value"]), meas[p]["source"])
              for p in ("fp32", "int8") if p in meas}
+    peaks.update(half_peaks(isa, info["machine"], peaks["fp32"].value))
     constraints = ["peaks are measured with numpy/onnxruntime on this machine, not theoretical"]
     if info["machine"] in ("x86_64", "amd64"):
         if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(isa):

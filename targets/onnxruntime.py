@@ -117,8 +117,15 @@ def session_options(config: dict[str, Any]):
     }[optimization_level(config.get("graph_optimization_level", "all"))]
     if config.get("intra_op_num_threads"):
         so.intra_op_num_threads = int(config["intra_op_num_threads"])
+    for key, value in (config.get("session_config") or {}).items():
+        so.add_session_config_entry(str(key), str(value))
     so.log_severity_level = 3
     return so
+
+
+# ONNX Runtime's runtime precision options: session config entries, per edgec precision.
+# Arm CPUs with BF16 run fp32 MatMul/Gemm through MLAS's bf16 fast-math kernels (lossy).
+RUNTIME_SESSION_CONFIG = {"bf16": {"mlas.enable_gemm_fastmath_arm64_bfloat16": "1"}}
 
 
 class OrtRunner(Runner):
@@ -220,6 +227,8 @@ so.graph_optimization_level = {0: L.ORT_DISABLE_ALL, 1: L.ORT_ENABLE_BASIC,
                                                              L.ORT_ENABLE_ALL)
 if cfg.get("intra_op_num_threads"):
     so.intra_op_num_threads = cfg["intra_op_num_threads"]
+for key, value in (cfg.get("session_config") or {}).items():
+    so.add_session_config_entry(key, value)
 avail = set(ort.get_available_providers())
 providers = [p if isinstance(p, str) else tuple(p) for p in cfg["execution_providers"]]
 providers = [p for p in providers if (p if isinstance(p, str) else p[0]) in avail]
@@ -269,6 +278,11 @@ class OnnxRuntimeBackend(Backend):
         return report
 
     def emit(self, graph, profile, config: BuildConfig, out_dir: str) -> list[str]:
+        runtime = config.option("runtime_precision")
+        if runtime not in (None, "fp32") and runtime not in self.runtime_precisions(profile):
+            raise ConstraintError(
+                f"ONNX Runtime offers no {runtime} runtime precision on {profile.name}; it "
+                f"offers {', '.join(self.runtime_precisions(profile))}")
         export_onnx(graph, os.path.join(out_dir, "model.onnx"))
         ort_config = {
             "graph_optimization_level": optimization_level(
@@ -276,6 +290,8 @@ class OnnxRuntimeBackend(Backend):
             "intra_op_num_threads": config.option("threads", 0),
             "execution_providers": _providers(profile, config, out_dir),
         }
+        if runtime not in (None, "fp32"):
+            ort_config["session_config"] = dict(RUNTIME_SESSION_CONFIG[runtime])
         with open(os.path.join(out_dir, "ort_config.json"), "w") as f:
             json.dump(ort_config, f, indent=2)
         with open(os.path.join(out_dir, "run.py"), "w") as f:
@@ -284,6 +300,13 @@ class OnnxRuntimeBackend(Backend):
         if os.path.exists(os.path.join(out_dir, "model.onnx.data")):
             files.append("model.onnx.data")
         return files
+
+    def runtime_precisions(self, profile) -> tuple[str, ...]:
+        """fp32, plus bf16 on Arm CPUs with BF16 (MLAS fast-math GEMMs, a session option);
+        the CPU provider has no other precision switch (x86 half: see compiler.cost)."""
+        unit = profile.main_unit
+        half = unit.native_half() if unit.kind == "cpu" and "neon" in unit.isa else ()
+        return ("fp32",) + tuple(p for p in RUNTIME_SESSION_CONFIG if p in half)
 
     def can_run(self, profile) -> bool:
         return bool(getattr(profile, "is_host", False))

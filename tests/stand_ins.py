@@ -30,20 +30,23 @@ TAG = "estimated: test stand-in"
 
 def stand_in_host(isa: tuple[str, ...] = AVX2, *, fp32: float = 0.3e12, int8_ratio: float = 1.8,
                   bandwidth: float = 20e9, cores: int = 4, cache_mb: float = 32.0,
-                  model: str = "test stand-in x86-64 CPU") -> DeviceProfile:
+                  model: str = "test stand-in x86-64 CPU", machine: str = "x86_64"
+                  ) -> DeviceProfile:
     """A host profile with fixed numbers (defaults: a 4-core laptop-class AVX2 CPU, 0.3 TFLOPS
     fp32, int8 1.8x fp32 (vpmaddubsw), 20 GB/s, 32 MiB last-level cache, 16 GiB, 15 W)."""
     import dataclasses
 
     from targets.host import build_profile, cpu_info, llvm_target
 
-    info = {"model": model, "machine": "x86_64", "cores": cores, "isa": tuple(isa)}
+    info = {"model": model, "machine": machine, "cores": cores, "isa": tuple(isa)}
     meas = {"fp32": {"value": fp32, "source": TAG},
             "int8": {"value": fp32 * int8_ratio, "source": f"{TAG}: int8 {int8_ratio}x fp32"},
             "bandwidth": {"value": bandwidth, "source": TAG}}
     prof = build_profile(info, meas, cache_bytes=Sourced(cache_mb * 2**20, TAG),
                          memory=Sourced(16.0 * 2**30, TAG), power=Sourced(15.0, TAG))
     real = cpu_info()  # codegen only: what TVM builds for a test must run on this machine
+    if real["machine"] != machine:
+        return prof
     unit = dataclasses.replace(prof.main_unit, llvm=llvm_target(real["isa"], real["machine"]))
     return dataclasses.replace(prof, compute_units=(unit,))
 

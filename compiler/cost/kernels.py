@@ -161,6 +161,15 @@ def kernels(graph: Graph, config: Mapping[str, Any], profile,
     for n in nodes:
         prec[id(n)] = _sim_precision(n, cfg["precision"], profile, bind) if simulate \
             else _node_precision(n, native)
+    runtime = cfg.get("runtime_precision") or "fp32"
+    if runtime != "fp32":  # the runtime runs the float layers in half (a precision hint)
+        for n in nodes:
+            if prec[id(n)] == "fp32":
+                prec[id(n)] = runtime
+        unit = profile.unit(cfg["unit"]) if cfg["unit"] else profile.main_unit
+        src = unit.peak_ops.get(runtime) if unit is not None else None
+        notes.append(f"runtime {runtime} hint: float layers costed at {runtime} (peak: "
+                     f"{src.source if src is not None else 'none published, fp32 used'})")
     parent: dict[int, int] = {id(n): id(n) for n in nodes}
 
     def find(x: int) -> int:
