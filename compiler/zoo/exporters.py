@@ -45,7 +45,7 @@ def _finish(raw: Path, out: Path, doc: str) -> Path:
     return out
 
 
-def build_siglip_sdpa_torchscript(out_dir: Path) -> Path:
+def _build(out_dir: Path, dynamo: bool) -> Path:
     import torch
 
     from compiler.zoo.builders import OPSET
@@ -53,24 +53,21 @@ def build_siglip_sdpa_torchscript(out_dir: Path) -> Path:
     model = _sdpa_siglip()
     raw = out_dir / "raw.onnx"
     x = torch.randn(BATCH, 3, 224, 224)
+    names = {"input_names": ["pixel_values"], "output_names": _OUTS}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(raw), dynamo=False, opset_version=OPSET,
-                          input_names=["pixel_values"], output_names=_OUTS)
-    return _finish(raw, out_dir / "model.onnx", "edgec zoo siglip_sdpa_torchscript: SigLIP-B/16 "
-                   "vision encoder, sdpa attention, torch.onnx TorchScript exporter")
+        if dynamo:  # torch's default opset for it (>= 18)
+            torch.onnx.export(model, (x,), dynamo=True, verbose=False, **names).save(str(raw))
+        else:
+            torch.onnx.export(model, (x,), str(raw), dynamo=False, opset_version=OPSET, **names)
+    how = "dynamo" if dynamo else "TorchScript"
+    return _finish(raw, out_dir / "model.onnx", f"edgec zoo siglip_sdpa_{how.lower()}: SigLIP-B/16 "
+                   f"vision encoder, sdpa attention, torch.onnx {how} exporter")
+
+
+def build_siglip_sdpa_torchscript(out_dir: Path) -> Path:
+    return _build(out_dir, dynamo=False)
 
 
 def build_siglip_sdpa_dynamo(out_dir: Path) -> Path:
-    import torch
-
-    model = _sdpa_siglip()
-    raw = out_dir / "raw.onnx"
-    x = torch.randn(BATCH, 3, 224, 224)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(model, (x,), dynamo=True, input_names=["pixel_values"],
-                                 output_names=_OUTS, verbose=False)
-        prog.save(str(raw))
-    return _finish(raw, out_dir / "model.onnx", "edgec zoo siglip_sdpa_dynamo: SigLIP-B/16 "
-                   "vision encoder, sdpa attention, torch.onnx dynamo exporter")
+    return _build(out_dir, dynamo=True)
