@@ -134,8 +134,13 @@ def test_no_refusal_has_an_empty_reason():
                        [tensor_info("y", T.FLOAT, None)])
     with pytest.raises(ConstraintError) as e:
         compiler.compile(model, target="ethos-u55-128")
+    assert "int8" in str(e.value) and "--calib" in str(e.value), str(e.value)
+    from compiler.search import search  # the search itself, asked for what the device lacks
+
+    with pytest.raises(ConstraintError) as e:
+        search(import_onnx(model), get_profile("ethos-u55-128"), precisions=["fp32"])
     reason = str(e.value).split("ethos-u55-128:", 1)[1]
-    assert "int8" in reason and "--calib" in reason, reason
+    assert "computes int8" in reason and "--calib" in reason, reason
 
 
 def test_an_unavailable_backend_is_named_with_its_error(monkeypatch):
