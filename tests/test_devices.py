@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 
 import pytest
 
@@ -230,10 +229,8 @@ def test_llvm_target_mapping():
 
 def test_host_detection_measures_and_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(host, "_MEMO", {})
-    t0 = time.perf_counter()
-    p = host.detect_host(cache_dir=tmp_path)
-    first = time.perf_counter() - t0
-    assert p.is_host and p.name == "host" and first < 10
+    p = host.detect_host(cache_dir=tmp_path)  # no timing verdict: it depends on the machine
+    assert p.is_host and p.name == "host"
     cpu = p.unit("cpu")
     assert cpu.cores >= 1 and cpu.llvm["mtriple"].endswith("linux-gnu")
     for prec in ("fp32", "int8"):
@@ -247,9 +244,7 @@ def test_host_detection_measures_and_caches(tmp_path, monkeypatch):
 
     host._MEMO.clear()  # force a cache read, not the in-process memo
     monkeypatch.setattr(host, "measure", lambda info=None: pytest.fail("re-measured"))
-    t0 = time.perf_counter()
-    again = host.detect_host(cache_dir=tmp_path)
-    assert time.perf_counter() - t0 < 0.5
+    again = host.detect_host(cache_dir=tmp_path)  # read from the cache: measure() would fail
     assert again.main_unit.peak_ops == cpu.peak_ops
     assert again.memory_bandwidth == p.memory_bandwidth
     assert host.detect_host(cache_dir=tmp_path) is again  # memoized in-process
