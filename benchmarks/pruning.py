@@ -11,7 +11,9 @@ residual width kept, as in edgec where LayerNorm pins it), no fine-tuning.
 
 Speed: the unpruned and the pruned (WIFV + least squares) graph on ONNX Runtime and OpenVINO
 (host CPU, batch 32), median of `--runs` interleaved runs, next to the cost model's predicted
-speed-up for the same backend.
+speed-up for the same backend. Kept channels are rounded to the host's channel_alignment (its
+SIMD width; `--align 1` shows why: ONNX Runtime's NCHWc kernels fall back to a plain path and
+the pruned CNN runs slower than the dense one).
 
     python -m benchmarks.pruning [--models digits_cnn,digits_vit] [--ratios 0.2,0.3,0.5]
 """
@@ -29,14 +31,14 @@ from benchmarks.common import print_table
 BATCH = 32
 
 
-def _edgec(path, ratio, importance, recovery, cal):
+def _edgec(path, ratio, importance, recovery, cal, align: int = 1):
     import compiler
     from passes.pruning import prune_graph
 
     g = compiler.optimize(str(path), "simplify")
     rep = prune_graph(g, ratio, calibration=cal if (importance != "magnitude" or
                                                    recovery != "none") else None,
-                      importance=importance, recovery=recovery)
+                      importance=importance, recovery=recovery, align=align)
     return g, rep
 
 
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="digits_cnn,digits_vit")
     ap.add_argument("--ratios", default="0.2,0.3,0.5")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--align", type=int, default=None)
+    ap.add_argument("--no-speed", action="store_true")
     args = ap.parse_args(argv or [])
     try:
         import torch_pruning  # noqa: F401
@@ -168,8 +172,13 @@ def main(argv: list[str] | None = None) -> None:
         have_tp = False
         print("note: torch-pruning is not installed (pip install torch-pruning); its column is "
               "left out")
+    from targets.devices import get_profile
+
     d = trained.digits_data()
     cal = trained.calibration_feeds(128, 32)
+    align = args.align if args.align is not None else get_profile("host").channel_alignment
+    print(f"kept channels rounded to multiples of {align} (host channel_alignment unless "
+          "--align)")
     for name in args.models.split(","):
         path = trained.get(name)
         base = trained.accuracy(str(path), d["test_x"], d["test_y"])
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
             row: list[object] = [f"{ratio:.0%}"]
             for imp in ("magnitude", "wifv"):
                 for rec in ("none", "bias", "lstsq"):
-                    g, rep = _edgec(path, ratio, imp, rec, cal)
+                    g, rep = _edgec(path, ratio, imp, rec, cal, align)
                     acc = trained.accuracy(compiler.export_onnx(g), d["test_x"], d["test_y"])
                     row.append(f"{acc:.1f}")
                     if imp == "wifv" and rec == "lstsq":
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
         print_table(["FLOPs", "mag/none", "mag/bias", "mag/lstsq", "wifv/none", "wifv/bias",
                      "wifv/lstsq", "edgec removed", "Torch-Pruning", "TP MACs removed"], rows)
-        for ratio, (g, _) in keep.items():
+        for ratio, (g, _) in ({} if args.no_speed else keep).items():
             print(f"\n{name} at {ratio:.0%} (wifv + least squares), batch {BATCH}, median of "
                   f"{args.runs} interleaved runs:")
             print_table(["backend", "unpruned ms", "pruned ms", "measured", "predicted"],
