@@ -3,6 +3,7 @@
 
     python -m benchmarks cost_outside          # measures what is not cached, then scores
     python -m benchmarks.cost_outside --fresh  # re-measure (do this on a quiet machine)
+    python -m benchmarks.cost_outside --cached # score what is measured, measure nothing
 
 Each corpus model is loaded as compile() loads it (normalized), lowered for int8 with its
 real-ish calibration input (compile()'s order: BN folded, Q/DQ, then fusion, as
@@ -34,23 +35,31 @@ def _bindings(graph, feeds: dict) -> dict[str, int]:
             for d, n in zip(v.shape, np.shape(feeds[v.name])) if isinstance(d, str)}
 
 
-def _case(name: str, backend: str, precision: str, profile, db: dict) -> dict | None:
+def _case(name: str, backend: str, precision: str, profile, db: dict,
+          cached: bool = False) -> dict | None:
     from compiler.cost import calibration as C
     from compiler.cost import predict
     from compiler.driver import load_graph
     from compiler.onnx_io import export_onnx
     from compiler.search import lower_graph, prepare_graph
     from compiler.zoo import outside
+    from passes.shape_inference import infer_shapes
 
     cfg = {"backend": backend, "precision": precision, "fusion": True, "threads": 0}
     key = f"{name}-{backend}-{precision}"
+    if cached and key not in db:
+        return None
     path, fpath = ROOT / f"{key}.onnx", ROOT / f"{name}.npz"
     feeds = outside.feeds(name, 0)
     graph = load_graph(str(outside.path(name)))
     bind = _bindings(graph, feeds)
-    if precision != "fp32":
-        graph = lower_graph(graph, cfg, profile, feeds=outside.feeds(name, 100))
-    graph = prepare_graph(graph, cfg, profile, in_place=precision != "fp32")
+    if path.is_file():  # the graph as measured
+        graph = load_graph(str(path))
+        infer_shapes(graph)
+    else:
+        if precision != "fp32":
+            graph = lower_graph(graph, cfg, profile, feeds=outside.feeds(name, 100))
+        graph = prepare_graph(graph, cfg, profile, in_place=precision != "fp32")
     if key not in db:
         ROOT.mkdir(parents=True, exist_ok=True)
         export_onnx(graph, str(path))
@@ -91,11 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         for be in backends:
             for prec in PRECISIONS:
                 try:
-                    r = _case(name, be, prec, profile, db)
+                    r = _case(name, be, prec, profile, db, "--cached" in argv)
                 except Exception as e:  # a lowering or runtime the model does not support
                     r, why = None, f"{type(e).__name__}: {str(e).splitlines()[0][:90]}"
                 else:
-                    why = "the runtime could not run it"
+                    why = "not measured" if f"{name}-{be}-{prec}" not in db else \
+                        "the runtime could not run it"
                 db_path.parent.mkdir(parents=True, exist_ok=True)
                 db_path.write_text(json.dumps(db, indent=0))
                 if r is None:
