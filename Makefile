@@ -56,8 +56,11 @@ fuzz: $(STAMP) $(CORPUS)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+# ruff, then the import layering: no cycles, no lower layer importing a higher one
+# (tools/check_imports.py; docs/ARCHITECTURE.md describes the layers)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python tools/check_imports.py
 
 clean:
 	rm -rf $(VENV) .cache build

@@ -33,8 +33,9 @@ from compiler.cost import calibration as C
 from compiler.cost.kernels import kernels, resident_weight_bytes
 from compiler.cost.layer_proxy import ATTENTION_CASE
 from compiler.cost.memory import activation_liveness
-from compiler.cost.model import prior_params
+from compiler.cost.params import Calibration, host_fingerprint, prior_params, save_calibration
 from compiler.onnx_io import export_onnx, import_onnx
+from targets import harness
 
 ROOT = Path(__file__).resolve().parent.parent / ".cache" / "cost-bench"
 TEST_GROUPS = ("cnn", "tiny", "mlp", "decoder", "siglip", "resnet")
@@ -234,7 +235,7 @@ def collect(profile, backends: dict[str, str], fresh: bool | tuple[str, ...] = F
             if key not in db:
                 opts = {"threads": cfg["threads"], "precision": cfg["precision"],
                         "opt_level": "all" if cfg["fusion"] else "basic"}
-                db[key] = C.measure(str(path), str(fpath), cfg["backend"], opts, budget_s=0.8)
+                db[key] = harness.measure(str(path), str(fpath), cfg["backend"], opts, budget_s=0.8)
                 db_path.parent.mkdir(parents=True, exist_ok=True)
                 db_path.write_text(json.dumps(db, indent=0))
                 print(f"  measured {case:16s} {cfg} -> {db[key].get('median_ms', db[key])}",
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     profile = get_profile("host")
-    backends = C.available_host_backends()
+    backends = harness.available_host_backends()
     print(f"host: {profile.description}; backends: {backends}")
     prefixes = tuple(p for a in argv if a.startswith("--fresh=") for p in a[8:].split(",") if p)
     if any(a.startswith("--fresh=") for a in argv) and not prefixes:
@@ -366,12 +367,12 @@ def _write(rows, scored, profile, backends) -> None:
         meas = [{"case": r["case"], "group": r["group"], "config": r["config"],
                  "bindings": r["bind"], **{k: v for k, v in r["measured"].items()}}
                 for r in rs]
-        cal = C.Calibration("host", be, params, C.host_fingerprint(),
+        cal = Calibration("host", be, params, host_fingerprint(),
                             {"lomo_p80_rel_error": params.uncertainty}, meas,
                             [f"backend availability: {how}; the runtime SDK (onnxruntime / "
                              "openvino CPU plugin / TVM Relax llvm) runs the model file directly",
                              f"latency statistic fitted: {STAT} of runs after 2 warm-ups"])
-        print("wrote", C.save_calibration(cal))
+        print("wrote", save_calibration(cal))
 
 
 if __name__ == "__main__":

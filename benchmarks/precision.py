@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compiler.cost.layer_proxy import speed_proxy
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
 from targets.devices import get_profile
@@ -163,7 +164,8 @@ def run(name: str, runs: int, batch: int, budget: str = "nncf", ort: bool = Fals
         cons["min_sqnr_db"] = float(budget)
     t0 = time.perf_counter()
     g = import_onnx(str(path))
-    report = apply_precision(g, get_profile("host"), "openvino", "mixed", calib, cons)
+    report = apply_precision(g, get_profile("host"), "openvino", "mixed", calib, cons,
+                             proxy=speed_proxy(g, get_profile("host"), "openvino"))
     edgec_s = time.perf_counter() - t0
     mixed = export_onnx(g)
     variants["edgec mixed"] = _ov(core, core.read_model(mixed.SerializeToString(), b""),
@@ -200,7 +202,8 @@ def run(name: str, runs: int, batch: int, budget: str = "nncf", ort: bool = Fals
         rows.append({"model": name, "variant": "nncf default", "error": nncf_err})
     if ort:
         g = import_onnx(str(path))
-        rep = apply_precision(g, get_profile("host"), "onnxruntime", "mixed", calib, cons)
+        rep = apply_precision(g, get_profile("host"), "onnxruntime", "mixed", calib, cons,
+                              proxy=speed_proxy(g, get_profile("host"), "onnxruntime"))
         ort_rows = _ort_rows(name, path, export_onnx(g), evals, runs)
         ort_rows[-1]["int8"] = f"{rep['totals']['int8']}/{rep['totals']['layers']}"
         rows += ort_rows

@@ -166,8 +166,9 @@ def _predict_for(args, graph, bindings: dict[str, int]) -> dict[str, Any]:
     --precision, then fused), else for the configuration the search picks (what `edgec compile`
     without --backend builds)."""
     from compiler.cost import predict
-    from compiler.driver import PRECISIONS, _check_backend
+    from compiler.driver import _check_backend
     from compiler.errors import ConstraintError
+    from compiler.precision_api import PRECISIONS
     from compiler.search import compiled_graph, search
     from targets.devices import get_profile
 

@@ -35,16 +35,22 @@ from compiler.errors import (
 from compiler.inputs import check_calibration, check_shapes, check_signature, dim_bindings
 from compiler.ir import Graph
 from compiler.onnx_io import import_onnx, load_model_proto
-from compiler.pipeline import DEFAULT_PIPELINE, PassManager, get_pipeline
+from compiler.pipeline import (
+    DEFAULT_PIPELINE,
+    UNFUSED_PIPELINE,
+    PassManager,
+    get_pipeline,
+    split_at_fusion,
+)
+from compiler.precision_api import PRECISIONS
 from compiler.resources import CAP_OPTION
 from passes.base import Pass, PassContext, get_pass
 from passes.normalize import normalize
 from passes.opset_policy import describe as describe_opset
 
-__all__ = ["compile", "optimize", "load_graph"]
+__all__ = ["compile", "optimize", "load_graph", "prune"]
 
 log = logging.getLogger("edgec")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight", "fixed")
 
 
 class _Source:
@@ -103,17 +109,6 @@ def load_graph(model: Any, example_inputs: Any = None) -> Graph:
     return _Source(model, example_inputs).graph
 
 
-UNFUSED_PIPELINE = "simplify"  # what a searched configuration with fusion off compiles with
-
-
-def split_at_fusion(stages: list[PassManager]) -> tuple[list[PassManager], list[PassManager]]:
-    """(stages before the first fusion stage, the rest): compile() lowers precision between
-    them, and the search's `lower_graph` does the same."""
-    at = next((i for i, pm in enumerate(stages) if any(p.name == "fusion" for p in pm.passes)),
-              len(stages))
-    return stages[:at], stages[at:]
-
-
 def _passes(passes: Sequence[str | Pass] | None, pipeline: str | None) -> list[PassManager]:
     if passes is not None:
         return [PassManager([p if isinstance(p, Pass) else get_pass(p) for p in passes])]
@@ -125,6 +120,7 @@ def optimize(model: Any, pipeline: str | None = "simplify", *,
              backend: str | None = None, shapes: Mapping[str, Sequence[int]] | None = None
              ) -> Graph:
     """Run a named pipeline (or explicit passes) for `target` without building anything."""
+    from compiler.cost.layer_proxy import speed_proxy
     from targets.base import get_backend
     from targets.devices import get_profile
 
@@ -132,10 +128,33 @@ def optimize(model: Any, pipeline: str | None = "simplify", *,
     graph = load_graph(model)
     be = get_backend(backend or profile.backends[0])
     ctx = PassContext(profile=profile, backend=be,
-                      shapes={k: tuple(v) for k, v in (shapes or {}).items()})
+                      shapes={k: tuple(v) for k, v in (shapes or {}).items()},
+                      speed_proxy=speed_proxy)
     for pm in _passes(passes, pipeline):
         pm.run(graph, ctx)
     return graph
+
+
+def prune(model: Any, ratio: Any = 0.3, *, calibration: Iterable[Mapping] | None = None,
+          target: str = "host", metric=None, shapes: Mapping[str, Any] | None = None,
+          return_report: bool = False) -> Graph | tuple[Graph, dict[str, Any]]:
+    """The simplified, pruned graph IR of `model` for `target` (nothing is built).
+
+    `ratio`: as compile's `pruning=` (a FLOPs fraction, "auto" or a mapping). With
+    `return_report`, also the report compile() puts under manifest["pruning"]."""
+    from compiler.prune_api import apply_pruning
+    from targets.devices import get_profile
+
+    profile = get_profile(target)
+    source = _Source(model)
+    graph = optimize(source.graph, "simplify", target=target,
+                     shapes={k: tuple(v) for k, v in (shapes or {}).items()})
+    if calibration is not None and isinstance(calibration, (str, bytes)):
+        from compiler.calib_data import load_calibration
+
+        calibration = load_calibration(calibration, graph)
+    report, _ = apply_pruning(graph, source, profile, ratio, calibration, metric, shapes)
+    return (graph, report) if return_report else graph
 
 
 def _check_backend(profile, name: str) -> str:
@@ -169,6 +188,7 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
     accepts a loss. The manifest records the runners-up under "search". `Artifact.predicted`
     is filled for every compile.
     """
+    from compiler.cost.layer_proxy import speed_proxy
     from targets.base import BuildConfig, get_backend
     from targets.devices import get_profile
 
@@ -227,7 +247,8 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
         why = (f"chosen by the cost-model search (objective: {search_result.objective}; "
                f"{len(search_result.candidates)} configurations predicted, runners-up in "
                "manifest['search'])")
-    ctx = PassContext(profile=profile, backend=be, shapes=shapes, options=options)
+    ctx = PassContext(profile=profile, backend=be, shapes=shapes, options=options,
+                      speed_proxy=speed_proxy)
     config = BuildConfig(precision=precision, options=options, shapes=shapes,
                          allow_fallback=bool((constraints or {}).get("allow_fallback", True)),
                          samples=tuple(list(calibration or ())[:4])
@@ -398,6 +419,7 @@ def _apply_precision(graph: Graph, profile, be, precision: str, calibration, con
                      metric) -> dict[str, Any] | None:
     if precision == "fp32":
         return None
+    from compiler.cost.layer_proxy import speed_proxy
     from compiler.precision_api import apply_precision, top1_disagreement
 
     cons = dict(constraints or {})
@@ -407,7 +429,8 @@ def _apply_precision(graph: Graph, profile, be, precision: str, calibration, con
         cons["max_metric_loss"] = cons.pop("max_accuracy_drop")
         if metric is None:  # label-free: top-1 changes bound the accuracy drop
             metric = top1_disagreement
-    report = apply_precision(graph, profile, be, precision, calibration, cons, metric=metric)
+    report = apply_precision(graph, profile, be, precision, calibration, cons, metric=metric,
+                             proxy=speed_proxy(graph, profile, be.name))
     if metric is top1_disagreement:
         report["metric"] = "top-1 disagreement with FP32 on the calibration set (no labels)"
     return report
@@ -487,7 +510,7 @@ def _signature(values) -> list[dict[str, Any]]:
 def _versions(be) -> dict[str, str]:
     import onnxruntime
 
-    from compiler import __version__
+    from compiler.version import __version__
 
     out = {"edgec": __version__, "python": platform.python_version(), "onnx": onnx.__version__,
            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}

@@ -17,7 +17,7 @@ from compiler.ir import Graph
 from passes.base import Pass, PassContext, PassResult, get_pass
 
 __all__ = ["PassManager", "PassRecord", "get_pipeline", "register_pipeline", "pipelines",
-           "DEFAULT_PIPELINE"]
+           "split_at_fusion", "DEFAULT_PIPELINE", "UNFUSED_PIPELINE"]
 
 
 @dataclass
@@ -97,6 +97,7 @@ _PIPELINES: dict[str, list[list[str]]] = {
                ["shape_inference"]],
 }
 DEFAULT_PIPELINE = "fusion"
+UNFUSED_PIPELINE = "simplify"  # what a searched configuration with fusion off compiles with
 
 
 def register_pipeline(name: str, stages: list[list[str]]) -> None:
@@ -106,6 +107,14 @@ def register_pipeline(name: str, stages: list[list[str]]) -> None:
 
 def pipelines() -> list[str]:
     return sorted(_PIPELINES)
+
+
+def split_at_fusion(stages: list[PassManager]) -> tuple[list[PassManager], list[PassManager]]:
+    """(stages before the first fusion stage, the rest): compile() lowers precision between
+    them, and the search's `lower_graph` does the same."""
+    at = next((i for i, pm in enumerate(stages) if any(p.name == "fusion" for p in pm.passes)),
+              len(stages))
+    return stages[:at], stages[at:]
 
 
 def get_pipeline(name: str) -> list[PassManager]:

@@ -72,7 +72,7 @@ from passes.precision import (
 )
 from passes.sensitivity import Sensitivity, evaluate, local_sensitivity, pick_ranges
 
-__all__ = ["apply_precision", "PRECISIONS", "DEFAULTS", "top1_disagreement"]
+__all__ = ["apply_precision", "backend_name", "PRECISIONS", "DEFAULTS", "top1_disagreement"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "mixed", "int4-weight", "fixed")
 DEFAULTS = {"min_sqnr_db": 25.0, "max_metric_loss": 0.01, "calibration_method": "auto",
@@ -88,7 +88,8 @@ def _name_nodes(graph: Graph) -> None:
         seen.add(n.name)
 
 
-def _backend_name(backend: Any) -> str:
+def backend_name(backend: Any) -> str:
+    """The backend's registry name for a Backend, a name or None (ONNX Runtime)."""
     if backend is None:
         return "onnxruntime"
     return backend if isinstance(backend, str) else getattr(backend, "name", "onnxruntime")
@@ -140,12 +141,15 @@ def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
     """Assign and lower per-layer precision in place; returns the manifest's report.
 
     `proxy`: a speed proxy with `layer_time(layer, precision, profile) -> (s, why)` (default:
-    `speed_proxy`, the calibrated cost model or `passes.precision.RooflineProxy`).
+    the documented `passes.precision.RooflineProxy`). compile() and the search pass the cost
+    model's, `compiler.cost.layer_proxy.speed_proxy(graph, profile, backend)` (calibrated
+    where a calibration file exists); the cost model sits above this module, so it is handed
+    in rather than imported.
     """
     if precision not in PRECISIONS:
         raise ConstraintError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     opts = {**DEFAULTS, **(constraints or {})}
-    be = _backend_name(backend)
+    be = backend_name(backend)
     ensure_precision_opset(graph, precision)  # Q/DQ axis, bf16 Cast: passes/opset_policy.py
     _name_nodes(graph)
     cands = candidate_layers(graph)
@@ -191,17 +195,7 @@ def apply_precision(graph: Graph, profile, backend, precision: str, calibration,
 
         return assign_fixed_point(graph, _as_samples(calibration, graph), opts, metric)
     return _int8(graph, profile, be, precision, _as_samples(calibration, graph), opts, metric,
-                 proxy or speed_proxy(graph, profile, be), cands, report)
-
-
-def speed_proxy(graph: Graph, profile, backend: str):
-    """The assignment's speed proxy: the cost model where (device, backend) is calibrated from
-    measurements (`compiler.cost.layer_proxy`), else the documented `RooflineProxy`."""
-    from compiler.cost.layer_proxy import CostModelProxy
-    from compiler.cost.memory import weight_bytes
-
-    return CostModelProxy.for_target(profile, backend, float(weight_bytes(graph))) or \
-        RooflineProxy()
+                 proxy or RooflineProxy(), cands, report)
 
 
 def _upgrade_opset(graph: Graph, opset: int) -> None:

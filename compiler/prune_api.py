@@ -1,4 +1,5 @@
-"""`prune` and `apply_pruning`: structured pruning from the public API and from compile().
+"""`apply_pruning`: structured pruning for compile() and for the public `compiler.prune`
+(`compiler.driver.prune`).
 
 pruning (compile's `pruning=`, prune's `ratio`):
 - a float in [0, 1): the fraction of the graph's FLOPs to remove (passes.pruning.select);
@@ -27,7 +28,7 @@ import onnx
 from compiler.errors import ConstraintError
 from compiler.ir import Graph
 
-__all__ = ["PrunedReference", "apply_pruning", "parse_pruning", "prune", "pruning_distance"]
+__all__ = ["PrunedReference", "apply_pruning", "parse_pruning", "pruning_distance"]
 
 _KEYS = ("ratio", "importance", "recovery", "max_group_ratio", "align")
 
@@ -129,25 +130,3 @@ def apply_pruning(graph: Graph, source: Any, profile, pruning: Any,
     report["distance"] = pruning_distance(original, proto,
                                           _samples(graph, calibration, shapes), metric)
     return report, PrunedReference(proto)
-
-
-def prune(model: Any, ratio: Any = 0.3, *, calibration: Iterable[Mapping] | None = None,
-          target: str = "host", metric=None, shapes: Mapping[str, Any] | None = None,
-          return_report: bool = False) -> Graph | tuple[Graph, dict[str, Any]]:
-    """The simplified, pruned graph IR of `model` for `target` (nothing is built).
-
-    `ratio`: as compile's `pruning=` (a FLOPs fraction, "auto" or a mapping). With
-    `return_report`, also the report compile() puts under manifest["pruning"]."""
-    from compiler.driver import _Source, optimize
-    from targets.devices import get_profile
-
-    profile = get_profile(target)
-    source = _Source(model)
-    graph = optimize(source.graph, "simplify", target=target,
-                     shapes={k: tuple(v) for k, v in (shapes or {}).items()})
-    if calibration is not None and isinstance(calibration, (str, bytes)):
-        from compiler.calib_data import load_calibration
-
-        calibration = load_calibration(calibration, graph)
-    report, _ = apply_pruning(graph, source, profile, ratio, calibration, metric, shapes)
-    return (graph, report) if return_report else graph

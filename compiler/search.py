@@ -157,9 +157,15 @@ def lower_graph(graph: Graph, config: Mapping[str, Any], profile,
     wherever predicted faster): the accuracy budget can only keep more layers float, and it
     needs the user's calibration data."""
     import passes.fusion  # noqa: F401 - registers the "fusion" pass
-    from compiler.driver import DEFAULT_PIPELINE, UNFUSED_PIPELINE, split_at_fusion
+    from compiler.cost.layer_proxy import speed_proxy
     from compiler.onnx_io import export_onnx, import_onnx
-    from compiler.pipeline import PassManager, get_pipeline
+    from compiler.pipeline import (
+        DEFAULT_PIPELINE,
+        UNFUSED_PIPELINE,
+        PassManager,
+        get_pipeline,
+        split_at_fusion,
+    )
     from compiler.precision_api import apply_precision
     from passes.base import PassContext, get_pass
     from passes.calibration import placeholder_calibration
@@ -176,7 +182,8 @@ def lower_graph(graph: Graph, config: Mapping[str, Any], profile,
         PassManager([get_pass("fusion", rule_sets=("conv_bn",))]).run(copy, ctx)
     stats = [dict(feeds)] if feeds is not None else placeholder_calibration(copy, bindings)
     apply_precision(copy, profile, config["backend"], config["precision"], stats,
-                    {"sensitivity_samples": 1, "sensitivity": False})
+                    {"sensitivity_samples": 1, "sensitivity": False},
+                    proxy=speed_proxy(copy, profile, config["backend"]))
     return copy
 
 

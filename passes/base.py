@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,12 +44,20 @@ class PassResult:
 
 @dataclass
 class PassContext:
-    """What passes may read besides the graph: the device, the backend, user shapes."""
+    """What passes may read besides the graph: the device, the backend, user shapes, and the
+    answers of the layers above the passes that a pass needs (set by the driver, so a pass
+    never imports the cost model or a backend):
 
-    profile: Any = None  # targets.devices.DeviceProfile
+    - `speed_proxy`: `(graph, profile, backend name) -> proxy` with `layer_time(layer,
+      precision, profile) -> (seconds, why)`, the precision assignment's speed estimate
+      (`compiler.cost.layer_proxy.speed_proxy`); None: `passes.precision.RooflineProxy`.
+    """
+
+    profile: Any = None  # targets.profile.DeviceProfile
     backend: Any = None  # targets.base.Backend
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    speed_proxy: Callable[[Graph, Any, str], Any] | None = None
 
     @property
     def target(self) -> str:
@@ -96,7 +105,7 @@ _BUILTIN: dict[str, str] = {
     "constant_folding": "passes.fold",
     "onnxsim": "passes.onnxsim_pass",
     "fusion": "passes.fusion",
-    "precision": "passes.precision",
+    "precision": "passes.precision_pass",
     "pruning": "passes.pruning.prune",
 }
 _REGISTRY: dict[str, type[Pass]] = {}

@@ -1,4 +1,5 @@
-"""Per-layer precision assignment under an accuracy budget, and the "precision" pass.
+"""Per-layer precision assignment under an accuracy budget (the "precision" pass, which
+runs it, is `passes.precision_pass`).
 
 Candidates are Conv, MatMul and Gemm nodes (the layers with int8 kernels); Softmax,
 LayerNormalization and the other range-sensitive ops are never quantized.
@@ -54,11 +55,10 @@ from typing import Any
 import numpy as np
 
 from compiler.ir import Graph, Node
-from passes.base import Pass, PassConfig, PassContext, PassResult, register_pass
 from passes.quantize import QUANTIZABLE, activation_inputs, const_array, weight_input
 
-__all__ = ["LayerInfo", "PrecisionPass", "RooflineProxy", "candidate_layers", "has_int8_dot",
-           "layer_info", "order_layers", "search_prefix"]
+__all__ = ["LayerInfo", "RooflineProxy", "candidate_layers", "has_int8_dot", "layer_info",
+           "order_layers", "search_prefix"]
 
 DOT_ISA = {"avx512_vnni", "avx_vnni", "amx_int8", "dotprod", "i8mm"}
 MIN_INT8_REDUCTION = 64
@@ -233,38 +233,3 @@ def search_prefix(order: Sequence[str], costs: Mapping[str, float], budget: floa
         k = min(max(k, lo + 1), hi - 1)
     return lo, checks
 
-
-@dataclass(frozen=True)
-class PrecisionConfig(PassConfig):
-    """precision: fp32|fp16|bf16|int8|mixed|int4-weight; the rest as in `apply_precision`."""
-
-    precision: str = "mixed"
-    min_sqnr_db: float | None = None
-    max_metric_loss: float | None = None
-    calibration_method: str | None = None
-    bias_correction: bool | None = None
-
-
-@register_pass
-class PrecisionPass(Pass):
-    """Assign and lower per-layer precision. Reads the calibration samples and an optional
-    metric from `ctx.options["calibration"]` / `ctx.options["metric"]`; the report goes to
-    `PassResult.stats["report"]`."""
-
-    name = "precision"
-    Config = PrecisionConfig
-
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        from compiler.precision_api import apply_precision
-
-        cfg = self.config
-        constraints = {k: v for k, v in (("min_sqnr_db", cfg.min_sqnr_db),
-                                         ("max_metric_loss", cfg.max_metric_loss),
-                                         ("calibration_method", cfg.calibration_method),
-                                         ("bias_correction", cfg.bias_correction))
-                       if v is not None}
-        report = apply_precision(graph, ctx.profile, ctx.backend, cfg.precision,
-                                 ctx.options.get("calibration"), constraints,
-                                 metric=ctx.options.get("metric"))
-        changed = any(v["precision"] != "fp32" for v in report["layers"].values())
-        return PassResult(changed, {"report": report})

@@ -25,7 +25,7 @@ from compiler.errors import UnknownBackendError, UnsupportedOpError
 
 if TYPE_CHECKING:
     from compiler.ir import Graph
-    from targets.devices import DeviceProfile
+    from targets.profile import DeviceProfile
 
 __all__ = [
     "Backend",

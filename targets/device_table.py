@@ -1,11 +1,11 @@
 """The device table: one frozen DeviceProfile per named edge device, every number sourced.
 
-See `targets.devices` for what the fields mean and how much each source tag is trusted.
+See `targets.profile` for what the fields mean and how much each source tag is trusted.
 """
 
 from __future__ import annotations
 
-from targets.devices import GIB, PRECISIONS, ComputeUnit, DeviceProfile, PowerMode, Sourced
+from targets.profile import GIB, PRECISIONS, ComputeUnit, DeviceProfile, PowerMode, Sourced
 
 __all__ = ["TABLE"]
 

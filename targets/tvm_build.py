@@ -27,13 +27,16 @@ from typing import Any
 
 from compiler.errors import ConstraintError, UnsupportedOpError
 from targets.base import BuildConfig
-from targets.tvm import (
+from targets.tvm_common import (
     BUILD_FILE,
     LIBRARY,
     TARGET_FILE,
     MissingToolchainError,
+    TvmRunner,
     import_tvm,
     is_native,
+    target_triple,
+    tvm_target,
 )
 
 __all__ = ["build", "RUN_SCRIPT"]
@@ -96,7 +99,6 @@ def host_library(model: Any, shapes: dict[str, Any], path: str) -> None:
     tvm = import_tvm()
 
     from targets.devices import get_profile
-    from targets.tvm import tvm_target
 
     host = get_profile("host")
     mod = _relax_module(model, _inputs(model, shapes))
@@ -109,8 +111,6 @@ def host_proxy(bundle_dir: str) -> Any:
     folder removed with the runner (the bundle itself is left untouched)."""
     import weakref
     from types import SimpleNamespace
-
-    from targets.tvm import TvmRunner, target_triple
 
     with open(os.path.join(bundle_dir, BUILD_FILE)) as f:
         info = json.load(f)
@@ -137,7 +137,8 @@ def host_proxy(bundle_dir: str) -> Any:
 
 def _host_llvm() -> dict[str, Any]:
     try:
-        from targets.host import cpu_info, llvm_target
+        from compiler.cpuinfo import cpu_info
+        from targets.host import llvm_target
 
         info = cpu_info()
         return {"kind": "llvm", **llvm_target(tuple(info["isa"]), info["machine"])}

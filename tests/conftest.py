@@ -17,12 +17,12 @@ def _stand_in_host(request, monkeypatch):
     if request.node.get_closest_marker("live_host"):
         yield None
         return
-    import compiler.cost.calibration as calibration
+    import compiler.cost.params as params
     import targets.host
     from tests.stand_ins import stand_in_host
 
     prof = stand_in_host()
     monkeypatch.setattr(targets.host, "detect_host", lambda *a, **k: prof)
-    monkeypatch.setattr(calibration, "host_fingerprint",
+    monkeypatch.setattr(params, "host_fingerprint",
                         lambda: f"{prof.main_unit.name}: {prof.description}")
     yield prof

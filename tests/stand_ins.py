@@ -19,7 +19,7 @@ graph made for AVX2 runs correctly on every newer CPU.
 
 from __future__ import annotations
 
-from targets.devices import DeviceProfile, Sourced
+from targets.profile import DeviceProfile, Sourced
 
 __all__ = ["AVX2", "VNNI", "no_vnni_host", "stand_in_host", "vnni_host"]
 
@@ -36,7 +36,8 @@ def stand_in_host(isa: tuple[str, ...] = AVX2, *, fp32: float = 0.3e12, int8_rat
     fp32, int8 1.8x fp32 (vpmaddubsw), 20 GB/s, 32 MiB last-level cache, 16 GiB, 15 W)."""
     import dataclasses
 
-    from targets.host import build_profile, cpu_info, llvm_target
+    from compiler.cpuinfo import cpu_info
+    from targets.host import build_profile, llvm_target
 
     info = {"model": model, "machine": machine, "cores": cores, "isa": tuple(isa)}
     meas = {"fp32": {"value": fp32, "source": TAG},

@@ -9,6 +9,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from compiler.cost.layer_proxy import speed_proxy
 from compiler.ir import constant_value
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
@@ -69,7 +70,8 @@ def _conv_feeds(n: int, seed: int) -> list[dict]:
 def _quantize(model, feeds, on: bool, precision: str = "int8"):
     g = import_onnx(model)  # one range method: "auto" may pick another one once biases move
     rep = apply_precision(g, get_profile("host"), "onnxruntime", precision, feeds,
-                          {"bias_correction": on, "calibration_method": "percentile"})
+                          {"bias_correction": on, "calibration_method": "percentile"},
+                          proxy=speed_proxy(g, get_profile("host"), "onnxruntime"))
     return g, rep
 
 
@@ -311,7 +313,8 @@ def test_trained_models_int8_with_correction(name):
     for on in (True, False):
         g = import_onnx(str(path))
         rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8",
-                              trained.calibration_feeds(64, 8), {"bias_correction": on})
+                              trained.calibration_feeds(64, 8), {"bias_correction": on},
+                              proxy=speed_proxy(g, get_profile("host"), "onnxruntime"))
         m = export_onnx(g)
         res[on] = (trained.accuracy(m, d["test_x"], d["test_y"]),
                    _heldout_sqnr(m, path, d["test_x"]), rep)

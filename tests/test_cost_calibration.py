@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.cost.calibration import (
+from compiler.cost.calibration import Sample, fit, fit_memory, predict_sample
+from compiler.cost.kernels import Kernel
+from compiler.cost.params import (
     Calibration,
-    Sample,
-    fit,
-    fit_memory,
+    Params,
     load_calibration,
-    predict_sample,
+    prior_params,
     save_calibration,
 )
-from compiler.cost.kernels import Kernel
-from compiler.cost.model import Params, prior_params
 from targets.devices import get_profile
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from compiler.cost.layer_proxy import CostModelProxy
-from compiler.precision_api import speed_proxy
+from compiler.cost.layer_proxy import CostModelProxy, speed_proxy
 from passes.precision import LayerInfo, RooflineProxy
 from targets.devices import get_profile
 from tests.stand_ins import no_vnni_host, vnni_host

@@ -18,8 +18,8 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from compiler.cost.calibration import load_calibration
 from compiler.cost.model import predict
+from compiler.cost.params import load_calibration
 from compiler.cost.published import calibrate_device, points_for
 from compiler.onnx_io import import_onnx
 from targets.devices import get_profile
@@ -29,11 +29,15 @@ pytest.importorskip("torch")
 PUBLISHED_MS = 0.640
 
 
-@pytest.fixture(scope="module")
-def resnet_graph():
+def _resnet(size: int = 224, batch: int = 1):
     from compiler.zoo import resnet
 
-    return import_onnx(onnx.load(str(resnet.onnx_path(224, 1))))
+    return import_onnx(onnx.load(str(resnet.onnx_path(size, batch))))
+
+
+@pytest.fixture(scope="module")
+def resnet_graph():
+    return _resnet()
 
 
 def test_orin_resnet50_int8_tensorrt_within_25_percent(resnet_graph):
@@ -49,7 +53,8 @@ def test_orin_resnet50_int8_tensorrt_within_25_percent(resnet_graph):
 
 def test_stored_orin_calibration_is_reproducible():
     stored = load_calibration(get_profile("jetson-orin-agx"), "tensorrt")
-    fresh = calibrate_device("jetson-orin-agx", "tensorrt")
+    fresh = calibrate_device(get_profile("jetson-orin-agx"), "tensorrt",
+                             lambda p: _resnet(p.size, p.batch))
     assert fresh.params.inv_eff == pytest.approx(stored.params.inv_eff, rel=1e-3)
     assert points_for("jetson-orin-agx", "tensorrt", "validate")[0].latency_ms == PUBLISHED_MS
 

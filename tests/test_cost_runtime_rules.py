@@ -12,17 +12,14 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from compiler.cost.kernels import kernels
-from compiler.cost.model import (
-    Params,
-    predict,
-    prior_params,
-    thread_scale,
-    threads_used,
-)
+from compiler.cost.layer_proxy import speed_proxy
+from compiler.cost.model import predict, thread_scale, threads_used
+from compiler.cost.params import Params, prior_params
 from compiler.onnx_io import import_onnx
 from compiler.precision_api import apply_precision
 from passes.shape_inference import infer_shapes
-from targets.devices import Sourced, get_profile
+from targets.devices import get_profile
+from targets.profile import Sourced
 from tests.stand_ins import vnni_host
 
 
@@ -40,7 +37,8 @@ def _conv_graph():
     model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     graph = import_onnx(model)
     calib = [{"x": rng.standard_normal((1, 16, 16, 16)).astype(np.float32)} for _ in range(2)]
-    apply_precision(graph, vnni_host(), "openvino", "int8", calib, {})
+    apply_precision(graph, vnni_host(), "openvino", "int8", calib, {},
+                    proxy=speed_proxy(graph, vnni_host(), "openvino"))
     infer_shapes(graph)
     return graph
 

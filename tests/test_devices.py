@@ -11,18 +11,20 @@ import pytest
 import targets.host as host
 from compiler.errors import CompileError, UnknownTargetError
 from targets.devices import (
+    PROFILE_NAMES,
+    format_table,
+    get_profile,
+    list_profiles,
+    unverified_sources,
+)
+from targets.profile import (
     BACKENDS,
     PRECISIONS,
-    PROFILE_NAMES,
     SOURCE_TAGS,
     ComputeUnit,
     DeviceProfile,
     PowerMode,
     Sourced,
-    format_table,
-    get_profile,
-    list_profiles,
-    unverified_sources,
 )
 
 pytestmark = pytest.mark.live_host  # detection itself: the real host, not the stand-in

@@ -178,12 +178,14 @@ def test_int8_and_mixed_keep_their_float_layers_precision(tmp_path, half, hint):
     """Left unset, the CPU plugin runs the float layers of a quantized model in its own default
     (bf16 on CPUs with avx512_bf16): not what the precision map validated, and 1.6x slower
     than f32 on a CPU without AMX. The float layers keep the precision the graph gives them."""
+    from compiler.cost.layer_proxy import speed_proxy
     from compiler.precision_api import apply_precision
     from targets.devices import get_profile
 
     g = import_onnx(conv_net())
     feeds = [{"x": RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)}]
-    apply_precision(g, get_profile("host"), "openvino", "int8", feeds, {})
+    apply_precision(g, get_profile("host"), "openvino", "int8", feeds, {},
+                    proxy=speed_proxy(g, get_profile("host"), "openvino"))
     if half:  # a mixed map whose float layers are fp16
         from passes.fp16 import to_fp16
 

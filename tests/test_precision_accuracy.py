@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from compiler.cost.layer_proxy import speed_proxy
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
 from compiler.zoo import trained
@@ -22,7 +23,7 @@ def test_mixed_int8_keeps_top1(name, profile):
     fp32 = trained.accuracy(path, d["test_x"], d["test_y"])
     g = import_onnx(str(path))
     rep = apply_precision(g, prof, "onnxruntime", "mixed", trained.calibration_feeds(64, 8),
-                          {})
+                          {}, proxy=speed_proxy(g, prof, "onnxruntime"))
     mixed = trained.accuracy(export_onnx(g), d["test_x"], d["test_y"])
     kept = {k: v["reason"] for k, v in rep["layers"].items() if v["precision"] != "int8"}
     print(f"\n{name} on {profile}: fp32 {fp32:.2f}% mixed {mixed:.2f}% "
@@ -40,7 +41,8 @@ def test_full_int8_also_close_on_cnn():
     d = trained.digits_data()
     g = import_onnx(str(path))
     rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8",
-                          trained.calibration_feeds(64, 8), {})
+                          trained.calibration_feeds(64, 8), {},
+                          proxy=speed_proxy(g, get_profile("host"), "onnxruntime"))
     assert rep["totals"]["int8"] == rep["totals"]["layers"]
     fp32 = trained.accuracy(path, d["test_x"], d["test_y"])
     assert trained.accuracy(export_onnx(g), d["test_x"], d["test_y"]) >= fp32 - 1.0

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from compiler.cost.layer_proxy import speed_proxy
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
 from compiler.zoo import trained
@@ -28,7 +29,8 @@ def vit():
 def _apply(path, profile, constraints=None, precision="mixed"):
     g = import_onnx(str(path))
     rep = apply_precision(g, profile, "openvino", precision,
-                          trained.calibration_feeds(32, 8), constraints or {})
+                          trained.calibration_feeds(32, 8), constraints or {},
+                          proxy=speed_proxy(g, profile, "openvino"))
     return g, rep
 
 
@@ -85,7 +87,8 @@ def test_user_metric_budget(cnn):
 
     g = import_onnx(str(cnn))
     rep = apply_precision(g, vnni_host(), "openvino", "mixed", trained.calibration_feeds(32, 8),
-                          {"max_metric_loss": 0.0}, metric=disagreement)
+                          {"max_metric_loss": 0.0}, metric=disagreement,
+                          proxy=speed_proxy(g, vnni_host(), "openvino"))
     assert rep["budget"]["kind"] == "metric" and rep["budget"]["measured"]["metric"] == 0.0
     assert all(v["sensitivity"] is None or "metric" in v["sensitivity"]
                for v in rep["layers"].values())
@@ -117,7 +120,8 @@ def test_pass_registered_and_reports(cnn):
     p = get_pass("precision", precision="mixed", min_sqnr_db=30.0)
     g = import_onnx(str(cnn))
     ctx = PassContext(profile=no_vnni_host(), backend="openvino",
-                      options={"calibration": trained.calibration_feeds(16, 8)})
+                      options={"calibration": trained.calibration_feeds(16, 8)},
+                      speed_proxy=speed_proxy)
     res = p.run(g, ctx)
     rep = res.stats["report"]
     assert res.modified and rep["budget"]["min_sqnr_db"] == 30.0
@@ -129,8 +133,8 @@ def test_attention_int8_is_a_measured_fact_of_device_and_backend(vit):
     """Attention MatMuls go int8 only where the calibration of (device, backend) measured its
     attention-only cases faster at int8; never measured or measured slower: float, saying why.
     A unit without an int8 dot product keeps them float first."""
-    from compiler.cost.calibration import load_calibration
     from compiler.cost.layer_proxy import CostModelProxy
+    from compiler.cost.params import load_calibration
 
     prof = vnni_host()
     params = load_calibration(prof, "openvino").params_for(prof)

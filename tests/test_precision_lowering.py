@@ -10,6 +10,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from compiler.calib_data import load_calibration
+from compiler.cost.layer_proxy import speed_proxy
 from compiler.errors import ConstraintError
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
@@ -68,7 +69,8 @@ def _producer(graph, node, i):
 
 def test_int8_conv_qdq_structure_and_float_ops_untouched():
     g = import_onnx(_model())
-    rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8", _feeds(), {})
+    rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8", _feeds(), {},
+                          proxy=speed_proxy(g, get_profile("host"), "onnxruntime"))
     conv = next(n for n in g if n.name == "conv")
     # weight: DQ(int8 [8,3,3,3], per-channel scales along axis 0)
     wdq = _producer(g, conv, 1)
@@ -114,7 +116,8 @@ def test_shared_activation_gets_one_qdq_pair():
     gp = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [2, 16])],
                       [h.make_tensor_value_info("y", T.FLOAT, [2, 4])], [w1, w2])
     g = import_onnx(h.make_model(gp, opset_imports=[h.make_opsetid("", 17)]))
-    apply_precision(g, get_profile("host"), "onnxruntime", "int8", [{"x": _f(2, 16)}], {})
+    apply_precision(g, get_profile("host"), "onnxruntime", "int8", [{"x": _f(2, 16)}], {},
+                    proxy=speed_proxy(g, get_profile("host"), "onnxruntime"))
     assert sum(n.op_type == "QuantizeLinear" for n in g) == 1
 
 
@@ -208,7 +211,8 @@ def test_calib_folder_npz_and_npy(tmp_path):
     np.save(d2 / "b.npy", _f(2, 3, 8, 8))
     cs = load_calibration(d2, g)
     assert len(list(cs)) == 2 and len(list(cs)) == 2  # re-iterable
-    rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8", str(d2), {})
+    rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8", str(d2), {},
+                          proxy=speed_proxy(g, get_profile("host"), "onnxruntime"))
     assert rep["calibration"]["samples"] == 2
 
 
@@ -238,7 +242,8 @@ def test_ort_float_layer_after_int8_layer_gets_its_input_quantized():
     calib = [{"x": _f(64, 512, rng=rng)} for _ in range(4)]
     g = import_onnx(model)
     rep = apply_precision(g, vnni_host(), "onnxruntime", "mixed", calib,
-                          {"keep_float": ["fc3"], "min_sqnr_db": 10})
+                          {"keep_float": ["fc3"], "min_sqnr_db": 10},
+                          proxy=speed_proxy(g, vnni_host(), "onnxruntime"))
     assert rep["layers"]["fc2"]["precision"] == "int8"
     assert rep["layers"]["fc3"]["precision"] == "fp32" and "input_requantized" in \
         rep["layers"]["fc3"]
@@ -252,7 +257,8 @@ def test_ort_float_layer_after_int8_layer_gets_its_input_quantized():
     # other backends fuse Q/DQ themselves: no extra quantization there
     g2 = import_onnx(model)
     rep2 = apply_precision(g2, vnni_host(), "openvino", "mixed", calib,
-                           {"keep_float": ["fc3"], "min_sqnr_db": 10})
+                           {"keep_float": ["fc3"], "min_sqnr_db": 10},
+                           proxy=speed_proxy(g2, vnni_host(), "openvino"))
     assert "input_requantized" not in rep2["layers"]["fc3"]
 
 
@@ -266,7 +272,8 @@ def test_overridable_initializer_is_not_baked_into_int8():
                       [h.make_tensor_value_info("y", T.FLOAT, [2, 8])], [w])
     model = h.make_model(gp, opset_imports=[h.make_opsetid("", 17)])
     g = import_onnx(model)
-    apply_precision(g, get_profile("host"), "onnxruntime", "int8", [{"x": _f(2, 16)}], {})
+    apply_precision(g, get_profile("host"), "onnxruntime", "int8", [{"x": _f(2, 16)}], {},
+                    proxy=speed_proxy(g, get_profile("host"), "onnxruntime"))
     mm = next(n for n in g if n.op_type == "MatMul")
     dq = mm.inputs[1].producer
     assert dq.op_type == "DequantizeLinear"
@@ -296,7 +303,8 @@ def test_ort_int8_conv_output_is_requantized_so_ort_forms_qlinearconv(tmp_path):
     calib = [{"x": _f(1, 16, 16, 16, rng=rng)} for _ in range(4)]
     g = import_onnx(model)
     # AVX2 without VNNI (reduce_range): the graph is then correct on any x86 CI host
-    rep = apply_precision(g, no_vnni_host(), "onnxruntime", "int8", calib, {})
+    rep = apply_precision(g, no_vnni_host(), "onnxruntime", "int8", calib, {},
+                          proxy=speed_proxy(g, no_vnni_host(), "onnxruntime"))
     # c2 feeds the float Add; c1's Relu feeds c2's Q and the Add, which now shares that Q
     assert rep["layers"]["c2"].get("output_requantized") and \
         rep["layers"]["c1"].get("output_requantized")
@@ -309,7 +317,8 @@ def test_ort_int8_conv_output_is_requantized_so_ort_forms_qlinearconv(tmp_path):
     ref, got = _run(model, x), _run(out, x)
     assert np.abs(ref - got).max() <= 0.05 * np.abs(ref).max()
     g2 = import_onnx(model)  # OpenVINO fuses Q/DQ itself: nothing added there
-    rep2 = apply_precision(g2, vnni_host(), "openvino", "int8", calib, {})
+    rep2 = apply_precision(g2, vnni_host(), "openvino", "int8", calib, {},
+                           proxy=speed_proxy(g2, vnni_host(), "openvino"))
     assert not any(v.get("output_requantized") for v in rep2["layers"].values())
 
 
@@ -331,7 +340,8 @@ def test_ort_int8_matmul_bias_add_gets_int32_bias(tmp_path):
     calib = [{"x": _f(4, 256, rng=rng)} for _ in range(4)]
     g = import_onnx(model)
     # AVX2 without VNNI (reduce_range): the graph is then correct on any x86 CI host
-    rep = apply_precision(g, no_vnni_host(), "onnxruntime", "int8", calib, {})
+    rep = apply_precision(g, no_vnni_host(), "onnxruntime", "int8", calib, {},
+                          proxy=speed_proxy(g, no_vnni_host(), "onnxruntime"))
     assert rep["layers"]["fc"].get("bias") == "int32"
     add = next(n for n in g if n.op_type == "Add")
     dq = add.inputs[1].producer
@@ -359,7 +369,8 @@ def test_int8_honours_keep_float():
     """Regression: "keep_float" (node names never quantized) was ignored by precision int8."""
     g = import_onnx(_model())
     rep = apply_precision(g, get_profile("host"), "openvino", "int8", _feeds(2),
-                          {"keep_float": ["fc"]})
+                          {"keep_float": ["fc"]},
+                          proxy=speed_proxy(g, get_profile("host"), "openvino"))
     assert rep["layers"]["conv"]["precision"] == "int8"
     assert rep["layers"]["fc"]["precision"] == "fp32"
     assert "keep_float" in rep["layers"]["fc"]["reason"]
@@ -381,7 +392,8 @@ def test_mixed_without_sensitivity_assigns_by_predicted_speed_only():
     predicted faster in int8, runs no per-layer sensitivity, and says so in the report."""
     g = import_onnx(_model())
     rep = apply_precision(g, vnni_host(), "openvino", "mixed", _feeds(2),
-                          {"sensitivity": False, "min_sqnr_db": 200})
+                          {"sensitivity": False, "min_sqnr_db": 200},
+                          proxy=speed_proxy(g, vnni_host(), "openvino"))
     assert rep["budget"]["kind"] == "none" and "sensitivity" in rep["budget"]["why"]
     faster = [k for k, v in rep["layers"].items()
               if v["predicted_ms"]["int8"] is not None
@@ -409,7 +421,8 @@ def test_mixed_checks_measure_the_graph_that_is_deployed():
                       [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
     g = import_onnx(h.make_model(gp, opset_imports=[h.make_opsetid("", 17)]))
     feeds = [{"x": _f(1, 16, 12, 12, rng=rng)} for _ in range(4)]
-    rep = apply_precision(g, vnni_host(), "onnxruntime", "mixed", feeds, {"min_sqnr_db": 5})
+    rep = apply_precision(g, vnni_host(), "onnxruntime", "mixed", feeds, {"min_sqnr_db": 5},
+                          proxy=speed_proxy(g, vnni_host(), "onnxruntime"))
     assert rep["layers"]["c2"].get("output_requantized")
     chosen = [k for k, v in rep["layers"].items() if v["precision"] == "int8"]
     last = rep["budget"]["checks"][-1]

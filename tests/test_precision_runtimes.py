@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from compiler.cost.layer_proxy import speed_proxy
 from compiler.onnx_io import export_onnx, import_onnx
 from compiler.precision_api import apply_precision
 from compiler.zoo import trained
@@ -26,7 +27,8 @@ def _lowered(name: str, precision: str):
     # graph whose integer kernels cannot saturate on any x86 host running this test (lowered
     # for a VNNI CPU, ONNX Runtime on an AVX2 host measured cosine 0.985)
     rep = apply_precision(g, no_vnni_host(), "onnxruntime", precision,
-                          trained.calibration_feeds(32, 8), {})
+                          trained.calibration_feeds(32, 8), {},
+                          proxy=speed_proxy(g, no_vnni_host(), "onnxruntime"))
     return export_onnx(g), rep
 
 

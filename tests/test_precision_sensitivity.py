@@ -113,18 +113,21 @@ def test_mse_range_has_the_least_quantization_error():
 
 
 def test_auto_ranges_pick_the_least_layer_noise_and_lower_as_that_method():
+    from compiler.cost.layer_proxy import speed_proxy
     from compiler.precision_api import apply_precision
     from passes.calibration import AUTO_METHODS
     from targets.devices import get_profile
 
     feeds = _feeds(6)
     g = import_onnx(_model())
-    rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8", feeds, {})
+    rep = apply_precision(g, get_profile("host"), "onnxruntime", "int8", feeds, {},
+                          proxy=speed_proxy(g, get_profile("host"), "onnxruntime"))
     cal = rep["calibration"]
     totals = cal["summed_layer_noise"]
     assert set(totals) == set(AUTO_METHODS)
     assert cal["picked"] == min(totals, key=lambda m: (totals[m], AUTO_METHODS.index(m)))
     g2 = import_onnx(_model())
     apply_precision(g2, get_profile("host"), "onnxruntime", "int8", feeds,
-                    {"calibration_method": cal["picked"]})
+                    {"calibration_method": cal["picked"]},
+                    proxy=speed_proxy(g2, get_profile("host"), "onnxruntime"))
     assert export_onnx(g).SerializeToString() == export_onnx(g2).SerializeToString()

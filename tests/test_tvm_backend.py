@@ -30,7 +30,7 @@ needs_arm_gxx = pytest.mark.skipif(
     not HAS_ARM_GXX, reason="needs aarch64-linux-gnu-g++ (apt-get install g++-aarch64-linux-gnu)")
 
 
-# -- stand-in device profiles (duck-typed like targets.devices.DeviceProfile) ----------------
+# -- stand-in device profiles (duck-typed like targets.profile.DeviceProfile) ----------------
 
 def _cpu(mtriple: str, mcpu: str, cores: int = 4) -> SimpleNamespace:
     return SimpleNamespace(name="cpu", kind="cpu", llvm={"mtriple": mtriple, "mcpu": mcpu},
@@ -311,7 +311,7 @@ def test_legality_unknown_domain():
 
 
 def test_target_dicts():
-    from targets.tvm import tvm_target
+    from targets.tvm_common import tvm_target
 
     assert tvm_target(rpi5_profile()) == {
         "kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"}
@@ -325,7 +325,7 @@ def test_target_dicts():
 
 def test_target_dicts_from_device_table():
     devices = pytest.importorskip("targets.devices")
-    from targets.tvm import tvm_target
+    from targets.tvm_common import tvm_target
 
     try:
         orin, pi = devices.get_profile("jetson-orin-nano"), devices.get_profile("raspberry-pi-5")

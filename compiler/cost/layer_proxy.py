@@ -29,10 +29,11 @@ A layer class the calibration never measured at that precision (int8 attention M
 benchmark quantizes only layers with constant weights) gets no gain: the fitted efficiency
 would be the generic prior, and the assignment only acts on measured gains.
 
-`compiler.precision_api` uses this proxy when a calibration file exists for (device, backend),
-i.e. when the numbers come from measurements; elsewhere it keeps the documented
-`RooflineProxy`, whose CPU rules (no int8 gain for depthwise, short or attention layers without
-an int8 dot product) encode what an uncalibrated model cannot know.
+`speed_proxy` (what compile() and the search hand to `compiler.precision_api.apply_precision`,
+and set as `PassContext.speed_proxy` for the precision pass) is this proxy when a calibration
+file exists for (device, backend), i.e. when the numbers come from measurements; elsewhere the
+documented `RooflineProxy`, whose CPU rules (no int8 gain for depthwise, short or attention
+layers without an int8 dot product) encode what an uncalibrated model cannot know.
 """
 
 from __future__ import annotations
@@ -40,9 +41,13 @@ from __future__ import annotations
 from typing import Any
 
 from compiler.cost.kernels import ACT_WIDTH, NATIVE_FUSION, WEIGHT_WIDTH, Kernel, half_kernels
-from compiler.cost.model import Params, eff_key, time_kernels
+from compiler.cost.memory import weight_bytes
+from compiler.cost.model import time_kernels
+from compiler.cost.params import Params, eff_key, load_calibration
+from compiler.ir import Graph
+from passes.precision import RooflineProxy
 
-__all__ = ["ATTENTION_CASE", "CostModelProxy", "attention_evidence"]
+__all__ = ["ATTENTION_CASE", "CostModelProxy", "attention_evidence", "speed_proxy"]
 
 # Calibration cases that are an attention block alone (benchmarks/cost.py names them so).
 ATTENTION_CASE = "attn_"
@@ -73,8 +78,6 @@ class CostModelProxy:
     def for_target(cls, profile, backend: str, footprint_bytes: float = 0.0
                    ) -> CostModelProxy | None:
         """The proxy for a calibrated (profile, backend); None without a calibration file."""
-        from compiler.cost.calibration import load_calibration
-
         cal = load_calibration(profile, backend)
         if cal is None:
             return None
@@ -120,8 +123,6 @@ class CostModelProxy:
         return t - self.params.call_us * 1e-6  # a per-inference cost, not the layer's
 
     def layer_time(self, layer: Any, precision: str, profile) -> tuple[float, str]:
-        from passes.precision import RooflineProxy
-
         ks = self.kernels(layer, precision, profile)
         t = self._time(ks, profile)
         if precision == "fp32":
@@ -141,3 +142,10 @@ class CostModelProxy:
             return t, (f"cost model ({self.source.split(':')[0]}): {precision} "
                        f"{t * 1e6:.1f} us vs fp32 {ref * 1e6:.1f} us, not faster")
         return t, ""
+
+
+def speed_proxy(graph: Graph, profile, backend: str) -> CostModelProxy | RooflineProxy:
+    """The precision assignment's speed proxy: the cost model where (device, backend) is
+    calibrated from measurements, else the documented `RooflineProxy`."""
+    return CostModelProxy.for_target(profile, backend, float(weight_bytes(graph))) or \
+        RooflineProxy()

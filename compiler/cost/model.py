@@ -25,8 +25,9 @@ runtime's own graph fusion is off (ONNX Runtime "basic": no NCHWc layouts, no Co
 fusion) and for a conv the runtime runs on its plain kernel for another reason (ONNX Runtime's
 int8 Conv rule), else 1.
 
-Efficiencies are stored as inverse efficiencies (1/eff >= 0) in `Params`; priors here are
-generic, `compiler.cost.calibration` fits them per (device, backend) from measurements.
+Efficiencies are stored as inverse efficiencies (1/eff >= 0) in `Params`
+(`compiler.cost.params`, with the generic priors and the stored calibrations);
+`compiler.cost.calibration` fits them per (device, backend) from measurements.
 
 Memory = m_w * weight bytes + m_a * peak live activations (`compiler.cost.memory`) + base.
 Energy = T * P(power mode): the device is assumed to draw its power-mode budget (the host: its
@@ -37,12 +38,11 @@ bound of the energy of one inference, good for ranking configurations, not for b
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.cost.flops import shape_gaps
 from compiler.cost.kernels import (
-    COMPUTE_CLASSES,
     CONV_CLASSES,
     FREE_OPS,
     MEMORY_CLASSES,
@@ -53,92 +53,12 @@ from compiler.cost.kernels import (
     resolve_config,
 )
 from compiler.cost.memory import activation_liveness
+from compiler.cost.params import Params, eff_key, load_calibration, prior_params
 from compiler.ir import Graph
 
-__all__ = ["EFF_KEYS", "Params", "Prediction", "bindings_from_shapes", "cache_fraction",
-           "eff_key", "predict", "prior_params", "runtime_fusion_off", "thread_scale",
+__all__ = ["Prediction", "bindings_from_shapes", "cache_fraction", "predict",
+           "runtime_fusion_off", "thread_scale",
            "threads_used", "time_kernels"]
-
-UNCALIBRATED_UNCERTAINTY = 0.5
-
-
-def eff_key(cls: str, prec: str) -> str:
-    """Efficiency-table key: compute classes per precision, memory-bound classes alone."""
-    if cls in MEMORY_CLASSES:
-        return cls
-    p = {"bf16": "fp16", "int4-weight": "int4"}.get(prec, prec)
-    return f"{cls}/{p}"
-
-
-EFF_KEYS = tuple(["elementwise", "norm", "data", "qdq"] + [
-    f"{c}/{p}" for c in COMPUTE_CLASSES for p in ("fp32", "fp16", "int8", "int4")])
-
-
-@dataclass
-class Params:
-    """Inverse efficiencies and overheads of one (device, backend); see the module docstring."""
-
-    inv_eff: dict[str, float]
-    inv_bw: float = 1.5
-    launch_us: float = 5.0
-    call_us: float = 20.0
-    conv_launch_us: float = 0.0  # extra fixed cost of a conv kernel (layout reorders, packing)
-    depth_half: float = 0.0  # reduction length at which a GEMM kernel reaches half its efficiency
-    row_ns: float = 0.0  # fixed cost per row of a normalisation/reduction kernel
-    spatial_half: float = 0.0  # conv output plane (H x W) at which a conv reaches half speed
-    inv_bw_cache: float = 0.4  # last-level-cache bandwidth = DRAM bandwidth / inv_bw_cache
-    par_eff: float = 0.9  # each extra thread adds par_eff of one thread's speed
-    unfused: float = 1.3  # conv slow-down when the runtime's own fusion/layout passes are off
-    measured: tuple[str, ...] = ()  # efficiency keys the fit had measurements for ("" = n/a)
-    mem_w: float = 1.0
-    mem_a: float = 1.0
-    mem_base_mb: float = 0.0
-    uncertainty: float = UNCALIBRATED_UNCERTAINTY
-    source: str = "prior: generic efficiencies, not calibrated"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Params:
-        return cls(**{k: (dict(v) if isinstance(v, Mapping) else tuple(v) if isinstance(
-            v, list) else v) for k, v in d.items()})
-
-
-def prior_params(profile, backend: str, unit: str | None = None) -> Params:
-    """Generic priors. CPU: ~50% of measured GEMM peak for conv/matmul fp32 (MLAS/oneDNN reach
-    60-80% on large GEMMs, less on small layers), 30% for attention GEMMs (small, batched).
-    GPU/NPU: an Ampere-class prior of ~40% of dense tensor-core peak for int8/fp16 convs at
-    batch 1 (cf. MLPerf Orin SingleStream ResNet-50 ~ 8 TOPS effective of 85 dense), 30% for
-    matmuls and attention; memory-bound kernels reach ~65% of DRAM bandwidth."""
-    u = profile.unit(unit) if unit else profile.main_unit
-    kind = u.kind if u is not None else "cpu"
-    accel = kind in ("gpu", "dla", "npu", "fpga")
-    base = {"conv": 2.5, "dwconv": 5.0, "matmul": 3.3, "attention": 3.3} if accel else \
-        {"conv": 2.0, "dwconv": 4.0, "matmul": 2.0, "attention": 3.3}
-    inv = {"elementwise": 1.0, "norm": 2.0, "data": 1.5, "qdq": 1.5}
-    for k in EFF_KEYS:
-        if "/" in k:
-            cls = k.split("/")[0]
-            inv[k] = base[cls] * (1.5 if k.endswith("/int4") else 1.0)
-    if backend == "tvm":  # default schedules, no tuning: on this host TVM's fitted GEMM
-        # efficiency is 3.3x below ONNX Runtime's (MLAS), its convs 12x (benchmarks/cost.py)
-        inv.update({k: v * 3.0 for k, v in inv.items() if "/" in k})
-    # GPU: back-to-back kernels on one stream leave ~1-2 us gaps (launches are asynchronous and
-    # overlap execution); DLA/NPU: per-layer command overhead; CPU: one runtime op dispatch.
-    launch = {"gpu": 1.5, "dla": 10.0, "npu": 2.0, "fpga": 0.5}.get(kind, 3.0)
-    call = {"gpu": 30.0, "dla": 50.0}.get(kind, 20.0)
-    # CPU convs pay a fixed cost per call on top (NCHWc layout reorders, im2col buffers)
-    # Short reductions (depthwise convs, 1x1 convs on few channels, attention heads) spend more
-    # of each output's time loading and storing accumulators: efficiency x K / (K + depth_half)
-    # A conv loop over a small output plane vectorises poorly: TVM's default schedules (no
-    # tuning) lose half their speed below ~200 output pixels per channel; library kernels
-    # blocked over channels (MLAS NCHWc, oneDNN) far less (a 4-pixel prior the fit moves).
-    spatial = 200.0 if backend == "tvm" else 0.0 if accel else 4.0
-    return Params(inv, inv_bw=1.5, launch_us=launch, call_us=call,
-                  conv_launch_us=0.0 if accel else 2.0, depth_half=0.0 if accel else 32.0,
-                  row_ns=0.0 if accel else 5.0, spatial_half=spatial)
-
 
 @dataclass
 class Prediction:
@@ -319,8 +239,6 @@ def _params(calibration: Any, profile, cfg: dict) -> tuple[Params, list[str]]:
     if isinstance(calibration, Params):
         return calibration, [f"calibration: {calibration.source}"]
     if calibration is None:
-        from compiler.cost.calibration import load_calibration
-
         calibration = load_calibration(profile, cfg["backend"])
     if calibration is not None:
         return calibration.params_for(profile), [f"calibration: {calibration.describe()}"]

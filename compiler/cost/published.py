@@ -17,10 +17,12 @@ same device and software stack; see `tests/test_cost_orin.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from compiler.cost.calibration import Calibration, save_calibration
-from compiler.cost.model import Params, predict, prior_params
+from compiler.cost.model import predict
+from compiler.cost.params import Calibration, Params, prior_params, save_calibration
+from compiler.ir import Graph
 
 __all__ = ["POINTS", "PublishedPoint", "calibrate_device", "points_for"]
 
@@ -29,7 +31,7 @@ __all__ = ["POINTS", "PublishedPoint", "calibrate_device", "points_for"]
 class PublishedPoint:
     device: str
     backend: str
-    model: str  # "resnet50" (compiler.zoo.resnet)
+    model: str  # "resnet50" (the test models' compiler.zoo.resnet)
     precision: str
     batch: int
     size: int
@@ -62,31 +64,24 @@ def points_for(device: str, backend: str, use: str | None = None) -> list[Publis
             and (use is None or p.use == use)]
 
 
-def _graph(point: PublishedPoint):
-    import onnx
-
-    from compiler.onnx_io import import_onnx
-    from compiler.zoo import resnet
-
-    return import_onnx(onnx.load(str(resnet.onnx_path(point.size, point.batch))))
-
-
 def _config(point: PublishedPoint) -> dict:
     return {"backend": point.backend, "precision": point.precision, "unit": point.unit,
             "power_mode": point.power_mode}
 
 
-def calibrate_device(device: str, backend: str, write: bool = False) -> Calibration:
-    """Fit the compute-efficiency scale from the "calibrate" points (bisection on log scale:
-    predicted time is monotone in it) and return (optionally store) the Calibration."""
-    from targets.devices import get_profile
-
-    profile = get_profile(device)
+def calibrate_device(profile, backend: str, graph_for: Callable[[PublishedPoint], Graph],
+                     write: bool = False) -> Calibration:
+    """Fit the compute-efficiency scale from the "calibrate" points of (`profile`, `backend`)
+    (bisection on log scale: predicted time is monotone in it) and return (optionally store)
+    the Calibration. `graph_for(point)` is the IR of the point's model (`point.model` at
+    `point.size` and `point.batch`): the caller builds it, the product ships no models (the
+    ResNet-50 of the stored Orin file is `compiler.zoo.resnet`)."""
+    device = profile.name
     prior = prior_params(profile, backend)
     pts = points_for(device, backend, "calibrate")
     if not pts:
         raise ValueError(f"no published calibration point for {device}/{backend}")
-    graphs = [(_graph(p), p) for p in pts]
+    graphs = [(graph_for(p), p) for p in pts]
 
     def err(scale: float) -> float:
         params = _scaled(prior, scale)
