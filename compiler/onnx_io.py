@@ -147,10 +147,19 @@ class _Reader:
             raise ExternalDataError(
                 f"external data file {location!r} of tensor {t.name!r} is missing next to the "
                 "model; copy it into the model's folder")
-        offset = int(info.get("offset", 0))
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else None
+        except ValueError:
+            offset = length = -1
+        if offset < 0 or (length is not None and length < 0):
+            raise ExternalDataError(
+                f"external data of tensor {t.name!r} ({location!r}) has offset "
+                f"{info.get('offset')!r} and length {info.get('length')!r}; both must be "
+                "non-negative integers")
         tensor = Tensor(t.name, t.data_type, tuple(t.dims),
                         external=ExternalRef(path, offset, None), doc_string=t.doc_string)
-        length = int(info["length"]) if "length" in info else tensor.nbytes
+        length = tensor.nbytes if length is None else length
         if offset + length > os.path.getsize(path) or length < tensor.nbytes:
             raise ExternalDataError(
                 f"external data of tensor {t.name!r} ({location!r}, offset {offset}, "

@@ -176,6 +176,25 @@ def test_calibration_buffers_are_sized_before_they_are_kept():
                          options={"memory_cap_mb": 1e-4})
 
 
+@pytest.mark.parametrize("offset", ["-5", "abc"])
+def test_external_data_offset_that_is_not_a_position(tmp_path, offset):
+    """A negative offset reached the file read as OSError (EINVAL) from the long profile."""
+    from compiler.errors import ExternalDataError
+
+    m = _tiny()
+    t = m.graph.initializer[0]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(t.raw_data)
+    t.ClearField("raw_data")
+    t.data_location = T.EXTERNAL
+    t.external_data.add(key="location", value="w.bin")
+    t.external_data.add(key="offset", value=offset)
+    (folder / "m.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(ExternalDataError, match="non-negative"):
+        compiler.compile(str(folder / "m.onnx"))
+
+
 # -- never write outside the output folder ----------------------------------------------------
 def test_symbolic_shape_inference_writes_nothing_into_the_cwd(tmp_path, monkeypatch):
     """ONNX Runtime's tool saved sym_shape_infer_temp.onnx into the cwd when incomplete."""
