@@ -34,7 +34,17 @@ def _block(form: str) -> onnx.ModelProto:
     nodes = _heads("q", [0, 2, 1, 3]) + _heads("k", [0, 2, 1, 3]) + _heads("v", [0, 2, 1, 3])
     inputs = [("x", [B, S, E])]
     scale = 1 / np.sqrt(D)
-    if form in ("torchscript_sdpa", "dynamo_sdpa"):
+    if form == "dynamo_sdpa_3d":
+        # torchlib's K transpose on rank 4: Reshape [B*H, S, D], Transpose(0,2,1), Reshape back
+        inits.update(sq=np.float32(np.sqrt(scale)), k3d_shape=np.array([B * H, S, D], np.int64),
+                     kt4_shape=np.array([B, H, D, S], np.int64))
+        nodes += [h.make_node("Mul", ["q4", "sq"], ["qs"]),
+                  h.make_node("Reshape", ["k4", "k3d_shape"], ["k3d"]),
+                  h.make_node("Transpose", ["k3d"], ["k3t"], perm=[0, 2, 1]),
+                  h.make_node("Reshape", ["k3t", "kt4_shape"], ["kt"]),
+                  h.make_node("Mul", ["kt", "sq"], ["ks"]),
+                  h.make_node("MatMul", ["qs", "ks"], ["sm"])]
+    elif form in ("torchscript_sdpa", "dynamo_sdpa"):
         # symbolic_opset14 / torchlib: Q·√s, Transpose(K, [0,1,3,2])·√s, no scale afterwards
         inits["sq"] = np.float32(np.sqrt(scale))
         inits["sk"] = np.float32(np.sqrt(scale)) if form == "torchscript_sdpa" else \
@@ -68,8 +78,8 @@ def _block(form: str) -> onnx.ModelProto:
     return model(nodes, inputs, [("y", [B, S, E])], inits)
 
 
-@pytest.mark.parametrize("form", ["torchscript_sdpa", "dynamo_sdpa", "transformers_eager",
-                                  "optimum"])
+@pytest.mark.parametrize("form", ["torchscript_sdpa", "dynamo_sdpa", "dynamo_sdpa_3d",
+                                  "transformers_eager", "optimum"])
 def test_exporter_attention_form_becomes_multiheadattention(form):
     m = _block(form)
     g, stats, out = fuse(m)

@@ -70,9 +70,14 @@ def _split_heads(x: str) -> Op:
 def _mha_patterns() -> tuple[Op, ...]:
     q4 = Op("Transpose", _split_heads("q"), attrs={"perm": _HEADS}, name="q_t")
     v4 = Op("Transpose", _split_heads("v"), attrs={"perm": _HEADS}, name="v_t")
+    k4 = Op("Transpose", _split_heads("k"), attrs={"perm": _HEADS}, name="k_t0")
+    # Kᵀ by one Transpose, by two, or (torchlib, dynamo exporter) as Reshape to [B·H, L, D],
+    # Transpose(0, 2, 1), Reshape back to [B, H, D, L]
     kt = Alt(Op("Transpose", _split_heads("k"), attrs={"perm": [0, 2, 3, 1]}, name="k_t"),
-             Op("Transpose", Op("Transpose", _split_heads("k"), attrs={"perm": _HEADS},
-                                name="k_t0"), attrs={"perm": [0, 1, 3, 2]}, name="k_t"))
+             Op("Transpose", k4, attrs={"perm": [0, 1, 3, 2]}, name="k_t"),
+             Op("Reshape", Op("Transpose", Op("Reshape", k4, Var("k3_shape"), name="k_3d"),
+                              attrs={"perm": [0, 2, 1]}, name="k_t3"), Var("kt_shape"),
+                name="k_t"))
     merged = Op("Transpose", _core(q4, kt, v4), attrs={"perm": _HEADS}, name="o_t")
     return (Op("Reshape", merged, Var("o_shape"), name="o_reshape"),)
 
@@ -169,9 +174,16 @@ class AttentionMHA(Rule):
         if len(heads) != 1:
             return "q, k and v head layouts differ"
         (h, d), = heads
+        if "k_t3" in m.named:  # the 3-d transpose must give back [B, H, D, L]
+            kt = shape_of(m.named["k_t"].outputs[0])
+            if kt is None or len(kt) != 4 or kt[1] != h or kt[2] != d:
+                return "Kᵀ through a 3-d Transpose is not [batch, heads, head_size, length]"
         odims = _target_dims(m["o_shape"])
+        qs = shape_of(m["q"]) or (None, None)
+        # batch and sequence copied (0), computed (None) or the constants a static export
+        # writes (transformers' reshape(*input_shape, -1) at a fixed batch)
         if odims is None or len(odims) != 3 or odims[2] not in (-1, h * d) or any(
-                v not in (None, 0) for v in odims[:2]):
+                v not in (None, 0) and v != q for v, q in zip(odims[:2], qs[:2])):
             return "head merge is not a Reshape to [batch, sequence, heads*head_size]"
         m.extra.update(num_heads=h, head_size=d, scale=scale)
         if "mask" in m.values:
