@@ -70,10 +70,22 @@ def test_ds_cnn_all_on_npu_bit_exact_and_vela_prediction(ds_cnn_u55):
     assert m["predicted"]["npu_cycles"] == v["cycles"]
     assert m["predicted"]["latency_ms"] == pytest.approx(v["cycles"] / 500e6 * 1e3, rel=1e-6)
     assert m["verification"]["passed"] is True
-    for f in ("model.tosa", "npu.json", "README.md", "vela/model_vela.npz"):
+    for f in ("npu_0.tosa", "npu.json", "README.md", "vela/npu_0/npu_0_vela.npz"):
         assert (out / f).exists(), f
-    tosa_ops = _read(out / "npu.json")["tosa_ops"]
+    (seg,) = _read(out / "npu.json")["segments"]
+    tosa_ops = seg["tosa_ops"]
     assert tosa_ops.count("DEPTHWISE_CONV2D") == 4 and "AVG_POOL2D" in tosa_ops
+
+
+@pytest.mark.parametrize("target,system", [("ethos-u65-256", "Ethos_U65_Embedded"),
+                                           ("ethos-u85-256", "Ethos_U85_SYS_DRAM_Mid")])
+def test_ds_cnn_compiles_for_u65_and_u85(tmp_path, target, system):
+    art = compile(npu.ds_cnn(), target=target, precision="int8",
+                  calibration=_calib((1, 1, 49, 10), 2), out_dir=str(tmp_path / "b"))
+    rep = _read(tmp_path / "b" / "npu_report.json")
+    assert rep["vela"]["system_config"] == system and rep["vela"]["cycles"] > 0
+    assert rep["bit_exact"]["max_abs_diff_lsb"] == 0
+    assert art.manifest["legality"]["fallback"] == {}
 
 
 def test_lowering_matches_reference_model_on_every_op_kind():
@@ -114,7 +126,9 @@ def test_softmax_runs_on_host_with_reason_and_fallback_off_is_an_error(tmp_path)
     assert len(fb) == 1
     (why,) = fb.values()
     assert "Softmax" in why and "Cortex-M" in why
-    assert (tmp_path / "ok" / "host_post.onnx").exists()
+    segs = _read(tmp_path / "ok" / "npu.json")["segments"]
+    assert [s["kind"] for s in segs] == ["npu", "host"] and segs[1]["ops"] == ["Softmax"]
+    assert (tmp_path / "ok" / segs[1]["file"]).exists()
     assert art.manifest["verification"]["passed"] is True
     with pytest.raises(UnsupportedOpError, match="Softmax"):
         compile(m, target="ethos-u55-128", precision="int8", calibration=_calib((1, 3, 8, 8)),
@@ -175,7 +189,7 @@ def test_digits_cnn_on_u55_within_one_point_of_fp32(tmp_path):
     path = trained.get("digits_cnn")
     art = compile(str(path), target="ethos-u55-128", precision="int8",
                   calibration=trained.calibration_feeds(64, 8), out_dir=str(tmp_path / "d"))
-    from targets.tosa import TosaRunner
+    from targets.tosa_run import TosaRunner
 
     runner = TosaRunner(str(tmp_path / "d"))
     d = trained.digits_data()
@@ -184,5 +198,5 @@ def test_digits_cnn_on_u55_within_one_point_of_fp32(tmp_path):
     acc_npu = float(np.mean(pred == y) * 100)
     acc_fp32 = trained.accuracy(str(path), x, y)
     assert acc_npu >= acc_fp32 - 1.0, (acc_npu, acc_fp32)
-    assert os.path.exists(tmp_path / "d" / "vela" / "model_vela.npz")
+    assert os.path.exists(tmp_path / "d" / "vela" / "npu_0" / "npu_0_vela.npz")
     assert art.manifest["predicted"]["npu_cycles"] > 0
