@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if name == "mbv2_224" and target == "ethos-u55-128":
                 mbv2 = r["cycles"]
+            print(f"{name} {target}: {r}", flush=True)
             rows.append([name, target, f"{r['cycles']:,}", f"{r['ms']:.3f}",
                          f"{r['sram_kib']:.0f}", f"{r['flash_kib']:.0f}",
                          f"{r['npu_ops']}/{r['host_ops']}", r["bit_exact_lsb"],
