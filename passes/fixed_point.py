@@ -9,10 +9,12 @@ type. The policy splits each type into its two parts and sets them from differen
   input outside the calibration range clips instead of wrapping. Weights and biases take I
   from their largest magnitude. ReLU outputs are unsigned.
 - fractional bits F = W - I (precision): from sensitivity under the accuracy budget. Each
-  weight layer has two knobs, the width of its weights and of its result. Starting from a
-  near-float assignment (`start_width` bits everywhere), each knob alone is lowered through
-  `widths` while the loss of that change alone stays within budget / number of knobs; then the
-  whole assignment is measured end to end and, while over budget, the knob whose own loss is
+  weight layer has two knobs, the width of its weights and of its result; the input has one.
+  Starting from a near-float assignment (`start_width` bits everywhere), input first, then
+  layer by layer, each knob is set to the narrowest of `widths` whose loss (with the knobs set
+  so far) stays within budget / number of knobs, found by bisection (loss grows as a width
+  shrinks); only the layers from the changed one on are recomputed. Then the whole
+  assignment is measured end to end and, while over budget, the knob whose own loss is
   largest goes back up one step (the greedy order of the mixed-precision search,
   compiler/precision_api.py). Loss is `metric(reference, outputs)` when given (budget
   `max_metric_loss`), else the relative output noise against FP32 (budget from
@@ -47,6 +49,8 @@ from passes.calibration import CalibrationResult, collect
 from passes.sensitivity import compare_outputs
 
 __all__ = ["assign_fixed_point", "DEFAULTS", "assign_types"]
+
+INPUT = "<input>"  # the key of the input's width among the per-layer widths
 
 DEFAULTS = {"start_width": 18, "widths": (16, 14, 12, 10, 8, 6), "max_result_width": 24,
             "min_sqnr_db": 25.0, "max_metric_loss": 0.01, "sensitivity_samples": 32}
@@ -135,9 +139,10 @@ def assign_fixed_point(graph: Graph, calibration: Iterable[Mapping] | Calibratio
     steps = sorted((w for w in opts["widths"] if w < start), reverse=True)
     weighted = [layer for layer in layers if layer.kind in WEIGHT_KINDS]
     widths = {layer.name: (start, start) for layer in weighted}
+    widths[INPUT] = (start, start)  # the input's width: knob 0 only
 
     def build(ws) -> FixedType:
-        return assign_types(layers, calib.ranges, calib.ranges[x_name], ws, start,
+        return assign_types(layers, calib.ranges, calib.ranges[x_name], ws, ws[INPUT][0],
                             int(opts["max_result_width"]))
 
     budget_kind = "metric" if metric is not None else "sqnr"
@@ -159,30 +164,30 @@ def assign_fixed_point(graph: Graph, calibration: Iterable[Mapping] | Calibratio
     own: dict[tuple[str, int], float] = {}
     checks: list[dict[str, Any]] = []
     if xs is not None and steps:
-        share = budget / max(2 * len(weighted), 1)
+        share = budget / (2 * len(weighted) + 1)
         index = {layer.name: i for i, layer in enumerate(layers)}
-        for layer in weighted:
-            at = index[layer.name]
+        for name, at, knobs in [(INPUT, 0, (0,))] + [(ly.name, index[ly.name], (0, 1))
+                                                      for ly in weighted]:
             in_t = build(widths)  # the prefix is the same for every trial of this layer
             prefix = None
             if at:
                 cur, frac = input_codes(in_t, xs)
                 (prefix,) = run_chain(layers[:at], cur, frac)
-            for knob in (0, 1):
+            for knob in knobs:
                 # the narrowest width whose loss alone stays within its share (bisection over
                 # `steps`, widest first: loss grows as the width shrinks)
                 lo_i, hi_i, best = 0, len(steps) - 1, None
                 while lo_i <= hi_i:
                     mid = (lo_i + hi_i) // 2
-                    loss = _loss(measure(_with(widths, layer.name, knob, steps[mid]), at,
-                                         prefix), metric)
+                    loss = _loss(measure(_with(widths, name, knob, steps[mid]), at, prefix),
+                                 metric)
                     if loss <= share:
                         best, lo_i = (steps[mid], loss), mid + 1
                     else:
                         hi_i = mid - 1
                 if best is not None:
-                    widths = _with(widths, layer.name, knob, best[0])
-                    own[(layer.name, knob)] = best[1]
+                    widths = _with(widths, name, knob, best[0])
+                    own[(name, knob)] = best[1]
         while True:
             final = measure(widths)
             checks.append({"widths": {k: list(v) for k, v in widths.items()},
@@ -193,15 +198,14 @@ def assign_fixed_point(graph: Graph, calibration: Iterable[Mapping] | Calibratio
             if not lowered:
                 break
             _, (name, knob) = max(lowered)
-            pair = list(widths[name])
-            pair[knob] = min(start, min((w for w in opts["widths"] if w > pair[knob]),
-                                        default=start))
-            widths[name] = (pair[0], pair[1])
+            wider = min((w for w in opts["widths"] if w > widths[name][knob]), default=start)
+            widths = _with(widths, name, knob, min(start, wider))
     in_t = build(widths)
     final = measure(widths) if xs is not None else None
     report: dict[str, Any] = {
         "precision": "fixed", "input": {"tensor": x_name, "type": in_t.hls(),
-                                        "range": list(calib.ranges[x_name])},
+                                        "range": list(calib.ranges[x_name]),
+                                        "sensitivity": own.get((INPUT, 0))},
         "layers": {}, "calibration": {"method": calib.method, "samples": calib.n_samples,
                                       "kept_for_sensitivity": len(calib.samples)},
         "budget": {"kind": budget_kind, "value": budget, "checks": checks,

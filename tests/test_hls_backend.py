@@ -118,8 +118,9 @@ def test_model_too_large_for_kv260_is_an_error_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-def test_report_is_json_serialisable_without_build(tmp_path):
-    """emit alone (no g++ build) still writes the project, the report and build.sh."""
+def test_emit_with_the_users_reuse_factor(tmp_path):
+    """options["reuse_factor"] overrides the search; emit alone (no g++) writes the project,
+    the report and build.sh."""
     from targets.base import BuildConfig
 
     g = import_onnx(_mlp())
