@@ -358,9 +358,14 @@ def compile(model: Any, target: str = "host", *, backend: str | None = None,
         raise
 
 
-def _check_precision(profile, precision: str | None) -> None:
-    supported = set(profile.precisions) | (
+def _supported_precisions(profile) -> set[str]:
+    """The profile's precisions, and mixed wherever int8 or fp16 layers can be mixed."""
+    return set(profile.precisions) | (
         {"mixed"} if {"int8", "fp16"} & set(profile.precisions) else set())
+
+
+def _check_precision(profile, precision: str | None) -> None:
+    supported = _supported_precisions(profile)
     if precision is not None and precision not in supported:
         raise ConstraintError(
             f"{profile.name} does not support {precision}; it supports "
@@ -455,7 +460,7 @@ def _search(graph: Graph, profile, backend: str | None, precision: str | None, c
         precisions = [p for p in profile.precisions if p not in ("int8", "mixed")]
     else:
         precisions = ["fp32"]
-    if not set(precisions or profile.precisions) & set(profile.precisions):
+    if not set(precisions or profile.precisions) & _supported_precisions(profile):
         raise ConstraintError(
             f"{profile.name} computes {', '.join(profile.precisions)} only and no precision was "
             f"chosen: pass precision='{profile.precisions[0]}' (CLI: --precision "
