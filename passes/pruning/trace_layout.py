@@ -78,12 +78,7 @@ class LayoutRules:
             list(range(len(_int_list(node.inputs[1]) or [])))
         if axes is None or r is None:
             return self.pin_inputs(node)
-        touched = {a % r for a in axes}
-        for ax, lab in labs.items():
-            if ax in touched:
-                self.A.pin_label(lab, f"Slice {_name(node)} cuts it")
-            else:
-                self.t.put(node.outputs[0], ax, lab)
+        self._same_axes_but(node, labs, {a % r for a in axes}, f"Slice {_name(node)} cuts it")
 
     def _Gather(self, node: Node) -> None:
         labs = self.t.of(node.inputs[0])
@@ -113,9 +108,13 @@ class LayoutRules:
         axes = [a % r for a in axes] if axes else list(range(r))
         n = len(axes)
         padded = {a for i, a in enumerate(axes) if pads[i] or pads[i + n]}
+        self._same_axes_but(node, labs, padded, f"Pad {_name(node)} pads it")
+
+    def _same_axes_but(self, node: Node, labs: dict, changed: set, why: str) -> None:
+        """The output keeps the input's labelled axes, except those `node` changes: pinned."""
         for ax, lab in labs.items():
-            if ax in padded:
-                self.A.pin_label(lab, f"Pad {_name(node)} pads it")
+            if ax in changed:
+                self.A.pin_label(lab, why)
             else:
                 self.t.put(node.outputs[0], ax, lab)
 
